@@ -1,0 +1,332 @@
+"""FHIR persistence primitives over one database transaction.
+
+A Repository is built per unit of work on a Connection whose transaction the caller owns
+(one HTTP interaction, or a whole transaction Bundle), so every write (resource row, new
+version, and later index rows and audit) commits or rolls back together. Conditional
+interactions are composed from these primitives in `interactions.py`.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Select, and_, func, insert, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from . import jsonio
+from .errors import Conflict, Gone, InvalidRequest, NotFound, PreconditionFailed
+from .instant import format_instant
+from .schema import resource, resource_version
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """One version of a resource as stored: content is None for a delete."""
+
+    type: str
+    id: str
+    version: int
+    last_updated: datetime
+    method: str
+    content: bytes | None
+
+    @property
+    def deleted(self) -> bool:
+        return self.content is None
+
+    @property
+    def etag(self) -> str:
+        return f'W/"{self.version}"'
+
+    @property
+    def reference(self) -> str:
+        return f"{self.type}/{self.id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """Keyset position in a history listing (newest first)."""
+
+    last_updated: datetime
+    resource_pk: int
+    version: int
+
+
+def check_id(resource_id: str) -> str:
+    if not ID_PATTERN.match(resource_id):
+        raise InvalidRequest("Invalid resource id (FHIR ids are [A-Za-z0-9-.]{1,64})", ("id",))
+    return resource_id
+
+
+def stamp(body: dict[str, Any], resource_id: str, version: int, when: datetime) -> bytes:
+    """The stored form: the client's JSON with the server's id and meta, id and meta first."""
+    meta = dict(body.get("meta") or {})
+    meta["versionId"] = str(version)
+    meta["lastUpdated"] = format_instant(when)
+    out: dict[str, Any] = {"resourceType": body["resourceType"], "id": resource_id, "meta": meta}
+    for key, value in body.items():
+        if key not in out:
+            out[key] = value
+    return jsonio.dumps(out)
+
+
+_VERSION_COLUMNS = (
+    resource_version.c.type,
+    resource_version.c.id,
+    resource_version.c.version,
+    resource_version.c.last_updated,
+    resource_version.c.method,
+    resource_version.c.content,
+)
+
+
+class Repository:
+    """Reads and writes resources on `conn`; never commits (the caller owns the transaction)."""
+
+    def __init__(self, conn: Connection, clock: Callable[[], datetime] | None = None) -> None:
+        self.conn = conn
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._locking = conn.dialect.name == "postgresql"
+
+    # --- reads -----------------------------------------------------------------------------
+
+    def current(self, type_: str, id_: str, *, lock: bool = False) -> Stored | None:
+        """The current version (deleted or not), or None if the resource never existed."""
+        query = (
+            select(*_VERSION_COLUMNS)
+            .select_from(
+                resource.join(
+                    resource_version,
+                    and_(
+                        resource_version.c.resource_pk == resource.c.pk,
+                        resource_version.c.version == resource.c.version,
+                    ),
+                )
+            )
+            .where(resource.c.type == type_, resource.c.id == id_)
+        )
+        if lock and self._locking:
+            query = query.with_for_update(of=resource)
+        row = self.conn.execute(query).first()
+        return Stored(*row) if row else None
+
+    def read(self, type_: str, id_: str) -> Stored:
+        found = self.current(type_, id_)
+        if found is None:
+            raise NotFound(f"{type_}/{id_} is not known")
+        if found.deleted:
+            raise Gone(f"{type_}/{id_} was deleted")
+        return found
+
+    def vread(self, type_: str, id_: str, version: str) -> Stored:
+        if not version.isdigit():
+            raise NotFound(f"{type_}/{id_} has no version {version[:20]!r}")
+        row = self.conn.execute(
+            select(*_VERSION_COLUMNS)
+            .select_from(resource_version.join(resource))
+            .where(
+                resource.c.type == type_,
+                resource.c.id == id_,
+                resource_version.c.version == int(version),
+            )
+        ).first()
+        if row is None:
+            raise NotFound(f"{type_}/{id_} has no version {version}")
+        found = Stored(*row)
+        if found.deleted:
+            raise Gone(f"Version {version} of {type_}/{id_} is a deletion")
+        return found
+
+    def search_ids(
+        self, type_: str, where: Iterable[Any], after_pk: int | None, limit: int | None
+    ) -> list[tuple[int, Stored]]:
+        """Current, non-deleted resources of a type matching `where`, in pk order."""
+        query = (
+            select(resource.c.pk, *_VERSION_COLUMNS)
+            .select_from(
+                resource.join(
+                    resource_version,
+                    and_(
+                        resource_version.c.resource_pk == resource.c.pk,
+                        resource_version.c.version == resource.c.version,
+                    ),
+                )
+            )
+            .where(resource.c.type == type_, resource.c.deleted.is_(False), *where)
+            .order_by(resource.c.pk)
+        )
+        if after_pk is not None:
+            query = query.where(resource.c.pk > after_pk)
+        if limit is not None:
+            query = query.limit(limit)
+        return [(row[0], Stored(*row[1:])) for row in self.conn.execute(query)]
+
+    def count(self, type_: str, where: Iterable[Any]) -> int:
+        query = (
+            select(func.count())
+            .select_from(resource)
+            .where(resource.c.type == type_, resource.c.deleted.is_(False), *where)
+        )
+        return int(self.conn.execute(query).scalar_one())
+
+    def history(
+        self,
+        type_: str | None,
+        id_: str | None,
+        since: datetime | None,
+        after: Cursor | None,
+        limit: int,
+    ) -> list[tuple[Cursor, Stored]]:
+        """Versions newest first, as FHIR history orders them."""
+        query: Select[Any] = select(resource_version.c.resource_pk, *_VERSION_COLUMNS)
+        if id_ is not None and type_ is not None:
+            pk = self.conn.execute(
+                select(resource.c.pk).where(resource.c.type == type_, resource.c.id == id_)
+            ).scalar()
+            if pk is None:
+                raise NotFound(f"{type_}/{id_} is not known")
+            query = query.where(resource_version.c.resource_pk == pk)
+        elif type_ is not None:
+            query = query.where(resource_version.c.type == type_)
+        if since is not None:
+            query = query.where(resource_version.c.last_updated >= since)
+        if after is not None:
+            query = query.where(
+                tuple_(
+                    resource_version.c.last_updated,
+                    resource_version.c.resource_pk,
+                    resource_version.c.version,
+                )
+                < tuple_(after.last_updated, after.resource_pk, after.version)
+            )
+        query = query.order_by(
+            resource_version.c.last_updated.desc(),
+            resource_version.c.resource_pk.desc(),
+            resource_version.c.version.desc(),
+        ).limit(limit)
+        out = []
+        for row in self.conn.execute(query):
+            stored = Stored(*row[1:])
+            out.append((Cursor(stored.last_updated, row[0], stored.version), stored))
+        return out
+
+    # --- writes ----------------------------------------------------------------------------
+
+    def create(
+        self, body: dict[str, Any], id_: str | None = None, *, assigned: bool = False
+    ) -> Stored:
+        """Insert a new resource.
+
+        No `id_`: the server assigns one (POST). `id_` with `assigned`: an id the server chose
+        earlier (a transaction resolving urn:uuid references). `id_` alone: the client's id
+        (create-on-update, PUT), which another client may be creating at the same moment.
+        """
+        type_ = body["resourceType"]
+        method = "POST" if id_ is None or assigned else "PUT"
+        id_ = id_ or str(uuid.uuid4())
+        when = self._clock()
+        content = stamp(body, id_, 1, when)
+        values = {"type": type_, "id": id_, "version": 1, "last_updated": when, "deleted": False}
+        if method == "POST":  # a fresh UUID4 cannot collide
+            pk = self.conn.execute(insert(resource).values(values).returning(resource.c.pk))
+        else:  # two clients may PUT the same new id at once: the loser must not abort the tx
+            dialect_insert = pg_insert if self._locking else sqlite_insert
+            pk = self.conn.execute(
+                dialect_insert(resource)
+                .values(values)
+                .on_conflict_do_nothing()
+                .returning(resource.c.pk)
+            )
+        new_pk = pk.scalar()
+        if new_pk is None:
+            raise Conflict(f"{type_}/{id_} was created concurrently; retry")
+        self._insert_version(new_pk, type_, id_, 1, when, method, content)
+        return Stored(type_, id_, 1, when, method, content)
+
+    def update(
+        self, body: dict[str, Any], id_: str, if_match: int | None = None
+    ) -> tuple[Stored, bool]:
+        """Write a new version (or create with this id); returns (stored, created)."""
+        type_ = body["resourceType"]
+        current = self._locked_row(type_, id_)
+        if current is None:
+            if if_match is not None:
+                raise PreconditionFailed(f"{type_}/{id_} does not exist (If-Match given)")
+            return self.create(body, id_), True
+        pk, version, deleted = current
+        if if_match is not None and if_match != version:
+            raise PreconditionFailed(
+                f"{type_}/{id_} is at version {version}, not {if_match}",
+            )
+        when = self._clock()
+        content = stamp(body, id_, version + 1, when)
+        self._advance(pk, version, when, deleted=False)
+        self._insert_version(pk, type_, id_, version + 1, when, "PUT", content)
+        return Stored(type_, id_, version + 1, when, "PUT", content), deleted
+
+    def delete(self, type_: str, id_: str, if_match: int | None = None) -> Stored | None:
+        """Record a deletion version; None if there was nothing (left) to delete."""
+        current = self._locked_row(type_, id_)
+        if current is None:
+            if if_match is not None:
+                raise PreconditionFailed(f"{type_}/{id_} does not exist (If-Match given)")
+            return None
+        pk, version, deleted = current
+        if if_match is not None and if_match != version:
+            raise PreconditionFailed(f"{type_}/{id_} is at version {version}, not {if_match}")
+        if deleted:
+            return None
+        when = self._clock()
+        self._advance(pk, version, when, deleted=True)
+        self._insert_version(pk, type_, id_, version + 1, when, "DELETE", None)
+        return Stored(type_, id_, version + 1, when, "DELETE", None)
+
+    def _locked_row(self, type_: str, id_: str) -> tuple[int, int, bool] | None:
+        query = select(resource.c.pk, resource.c.version, resource.c.deleted).where(
+            resource.c.type == type_, resource.c.id == id_
+        )
+        if self._locking:
+            query = query.with_for_update()
+        row = self.conn.execute(query).first()
+        return (row[0], row[1], row[2]) if row else None
+
+    def _advance(self, pk: int, version: int, when: datetime, *, deleted: bool) -> None:
+        # Compare-and-set on the version: a concurrent writer that slipped past the row lock
+        # (SQLite has none) cannot be silently overwritten.
+        done = self.conn.execute(
+            update(resource)
+            .where(resource.c.pk == pk, resource.c.version == version)
+            .values(version=version + 1, last_updated=when, deleted=deleted)
+        ).rowcount
+        if done != 1:
+            raise PreconditionFailed("The resource was changed concurrently; retry")
+
+    def _insert_version(
+        self,
+        pk: int,
+        type_: str,
+        id_: str,
+        version: int,
+        when: datetime,
+        method: str,
+        content: bytes | None,
+    ) -> None:
+        self.conn.execute(
+            insert(resource_version).values(
+                resource_pk=pk,
+                version=version,
+                type=type_,
+                id=id_,
+                last_updated=when,
+                method=method,
+                content=content,
+            )
+        )

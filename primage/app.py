@@ -1,0 +1,80 @@
+"""The app factory: everything is built from one Settings object, nothing at import time."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from fhir_server import api as fhir_api
+from fhir_server.capability import capability_statement
+from fhir_server.errors import Issue, operation_outcome
+from fhir_server.interactions import Interactions
+from fhir_server.interactions import Settings as FhirSettings
+from fhir_server.paging import PageTokens
+from fhir_server.service import FhirService
+
+from . import db
+from .metrics import Metrics, MetricsMiddleware
+from .settings import Settings
+
+log = logging.getLogger("primage")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    engine = db.make_engine(settings.database(), settings.db_pool_size)
+    database = db.Database(engine)
+    max_body = settings.fhir_max_body_bytes
+    interactions = Interactions(
+        PageTokens(settings.secret()),
+        FhirSettings(
+            default_count=settings.fhir_default_count,
+            max_count=settings.fhir_max_count,
+            capability=lambda base: capability_statement(base, max_body_bytes=max_body),
+        ),
+    )
+    service = FhirService(interactions, database.read, database.write)
+    metrics = Metrics()
+
+    app = FastAPI(title="primage", version="0.1.0", docs_url="/docs", redoc_url=None)
+    app.state.settings = settings
+    app.state.database = database
+    app.state.fhir = service
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.include_router(
+        fhir_api.build_router(service, max_body_bytes=max_body, base_url=settings.base_url)
+    )
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> Response:
+        ok = database.ping()
+        return JSONResponse(
+            {"status": "ok" if ok else "unavailable", "database": "ok" if ok else "unreachable"},
+            status_code=200 if ok else 503,
+        )
+
+    app.add_api_route("/metrics", metrics.endpoint, include_in_schema=False)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        # Log the fault with its trace; the client gets no trace and no echo of its input.
+        log.exception("Unhandled error on %s %s", request.method, request.url.path)
+        outcome = operation_outcome([Issue("fatal", "exception", "Internal server error")])
+        return JSONResponse(outcome, 500, media_type="application/fhir+json")
+
+    app.router.add_event_handler("shutdown", engine.dispose)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for `uvicorn --factory` (used with several workers)."""
+    return create_app(Settings())

@@ -1,0 +1,86 @@
+"""`primage` command line: serve, db upgrade, demo load."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+import uvicorn
+from sqlalchemy.engine import make_url
+
+from . import db
+from .settings import Settings
+
+
+@click.group()
+def main() -> None:
+    """primage: FHIR R4B / DICOMweb server for paediatric-oncology imaging research."""
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--workers", default=1, show_default=True, type=int)
+@click.option("--demo/--no-demo", default=None, help="Load demo data into an empty store.")
+def serve(host: str, port: int, workers: int, demo: bool | None) -> None:
+    """Start the HTTP server (migrating the embedded SQLite database first)."""
+    settings = Settings()
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    url = settings.database()
+    if make_url(url).get_backend_name() == "sqlite":
+        db.upgrade(url)
+    if demo if demo is not None else settings.demo_data:
+        _load_demo(settings)
+    base = settings.base_url or f"http://{host}:{port}/fhir"
+    click.echo(f"primage FHIR R4B server: {base}")
+    click.echo(f"  capability statement: {base}/metadata")
+    click.echo(f"  patients:             {base}/Patient")
+    click.echo(
+        f"  health / metrics:     http://{host}:{port}/healthz  http://{host}:{port}/metrics"
+    )
+    click.echo(f"  database:             {make_url(url).render_as_string(hide_password=True)}")
+    uvicorn.run(
+        "primage.app:create_app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=settings.log_level.lower(),
+    )
+
+
+@main.group(name="db")
+def db_group() -> None:
+    """Database schema."""
+
+
+@db_group.command()
+def upgrade() -> None:
+    """Apply all migrations to PRIMAGE_DATABASE_URL."""
+    settings = Settings()
+    db.upgrade(settings.database())
+    click.echo("database is at the latest schema")
+
+
+@main.group()
+def demo() -> None:
+    """Synthetic demo data."""
+
+
+@demo.command("load")
+def demo_load() -> None:
+    """Load the demo data set if the store is empty."""
+    _load_demo(Settings())
+
+
+def _load_demo(settings: Settings) -> None:
+    from .app import create_app
+    from .demo import load_if_empty
+
+    db.upgrade(settings.database())
+    app = create_app(settings)
+    count = load_if_empty(app.state.database, app.state.fhir)
+    app.state.database.engine.dispose()
+    click.echo(f"demo data: {count} resources loaded" if count else "demo data: store not empty")

@@ -1,0 +1,40 @@
+"""All configuration, from the environment (PRIMAGE_*), in one object the factory is given."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PRIMAGE_", extra="ignore")
+
+    data_dir: Path = Path("var")
+    database_url: SecretStr | None = None  # default: SQLite at {data_dir}/primage.db
+    base_url: str | None = None  # public FHIR base, e.g. https://primage.example.org/fhir
+    secret_key: SecretStr | None = None  # signs paging links; default: {data_dir}/secret.key
+    fhir_max_body_bytes: int = 32 * 1024 * 1024
+    fhir_default_count: int = 50
+    fhir_max_count: int = 1000
+    demo_data: bool = False  # load the synthetic demo set when the store is empty
+    log_level: str = "INFO"
+    db_pool_size: int = 10
+
+    def database(self) -> str:
+        if self.database_url is not None:
+            return self.database_url.get_secret_value()
+        return f"sqlite:///{self.data_dir / 'primage.db'}"
+
+    def secret(self) -> bytes:
+        """The server secret; generated once into the data dir so every worker shares it."""
+        if self.secret_key is not None:
+            return self.secret_key.get_secret_value().encode()
+        path = self.data_dir / "secret.key"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_urlsafe(32))
+            path.chmod(0o600)
+        return path.read_text().strip().encode()

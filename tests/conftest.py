@@ -1,0 +1,131 @@
+"""Fixtures: the real app on SQLite always, and on PostgreSQL when PRIMAGE_TEST_POSTGRES_URL is set.
+
+Each database gets a fresh schema for the run (PostgreSQL: a schema of its own in the given
+database), migrated with the real Alembic migrations. A PostgreSQL URL that was given but
+cannot be reached fails the run instead of skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from starlette.testclient import TestClient
+
+from primage import db
+from primage.app import create_app
+from primage.settings import Settings
+
+PG_ENV = "PRIMAGE_TEST_POSTGRES_URL"
+FHIR_JSON = "application/fhir+json"
+
+
+def _backends() -> list[str]:
+    return ["sqlite", "postgresql"] if os.environ.get(PG_ENV) else ["sqlite"]
+
+
+def _postgres_url() -> Iterator[str]:
+    url = make_url(os.environ[PG_ENV])
+    if url.drivername == "postgresql":
+        url = url.set(drivername="postgresql+psycopg2")
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    schema = f"primage_test_{uuid.uuid4().hex[:10]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    except Exception as exc:
+        pytest.fail(f"{PG_ENV} is set but PostgreSQL is unreachable: {type(exc).__name__}")
+    try:
+        yield url.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
+            hide_password=False
+        )
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session", params=_backends())
+def database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    if request.param == "postgresql":
+        yield from _postgres_url()
+    else:
+        yield f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'primage.db'}"
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    db.upgrade(database_url)
+    return Settings(
+        data_dir=Path(tmp_path_factory.mktemp("data")),
+        database_url=database_url,
+        secret_key="test-secret-not-for-production",
+        fhir_max_body_bytes=256 * 1024,
+    )
+
+
+@pytest.fixture(scope="session")
+def app(settings: Settings) -> Iterator[FastAPI]:
+    application = create_app(settings)
+    yield application
+    application.state.database.engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def client(app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(app, base_url="http://testserver") as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def backend(database_url: str) -> str:
+    return make_url(database_url).get_backend_name()
+
+
+@pytest.fixture
+def empty_store(app: FastAPI) -> None:
+    """For tests that look at the whole store (system history): start from nothing."""
+    with app.state.database.write() as repo:
+        repo.conn.execute(text("DELETE FROM resource_version"))
+        repo.conn.execute(text("DELETE FROM resource"))
+
+
+@pytest.fixture(scope="session")
+def live_server(app: FastAPI) -> Iterator[str]:
+    """The same app served by uvicorn on 127.0.0.1, for clients that open their own sockets."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    else:
+        pytest.fail("uvicorn did not start")
+    yield base
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def patient(**extra: object) -> dict[str, object]:
+    return {"resourceType": "Patient", "gender": "female", "birthDate": "2016-04", **extra}
