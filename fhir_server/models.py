@@ -17,7 +17,7 @@ from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.resource import Resource
 from pydantic import ValidationError
 
-from .errors import Issue, Unprocessable
+from .errors import InvalidRequest, Issue
 
 FHIR_VERSION = r4b.__fhir_version__
 
@@ -59,13 +59,14 @@ def is_resource_type(name: str) -> bool:
 def validate(resource: Any, resource_type: str | None = None) -> dict[str, Any]:
     """Check `resource` against the R4B model of its type; return it unchanged.
 
-    Raises Unprocessable with one issue per fault, located by a FHIRPath-style expression.
+    Raises InvalidRequest (R4B http.html: 400 when a resource "failed basic FHIR
+    validation rules") with one issue per fault, located by a FHIRPath-style expression.
     """
     if not isinstance(resource, dict):
-        raise Unprocessable("A resource must be a JSON object", code="structure")
+        raise InvalidRequest("A resource must be a JSON object", code="structure")
     declared = resource.get("resourceType")
     if not isinstance(declared, str) or _model(declared) is None:
-        raise Unprocessable(
+        raise InvalidRequest(
             f"Unknown or missing resourceType {declared!r}"
             if isinstance(declared, str | None)
             else "resourceType must be a string",
@@ -73,7 +74,7 @@ def validate(resource: Any, resource_type: str | None = None) -> dict[str, Any]:
             code="structure",
         )
     if resource_type is not None and declared != resource_type:
-        raise Unprocessable(
+        raise InvalidRequest(
             f"resourceType {declared} does not match the endpoint {resource_type}",
             ("resourceType",),
             code="invalid",
@@ -83,7 +84,7 @@ def validate(resource: Any, resource_type: str | None = None) -> dict[str, Any]:
     try:
         model.model_validate(resource)
     except ValidationError as exc:
-        raise Unprocessable(
+        raise InvalidRequest(
             f"{declared} is not valid: {exc.error_count()} problem(s)",
             issues=[_issue(declared, err) for err in exc.errors(include_url=False)],
         ) from None

@@ -84,3 +84,7 @@ def _load_demo(settings: Settings) -> None:
     count = load_if_empty(app.state.database, app.state.fhir)
     app.state.database.engine.dispose()
     click.echo(f"demo data: {count} resources loaded" if count else "demo data: store not empty")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""What operators and clients see around the FHIR API: metadata, health, metrics, the CLI."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from fhir.resources.R4B.capabilitystatement import CapabilityStatement
+from sqlalchemy import func, select
+
+from fhir_server import models
+from fhir_server.schema import resource_version
+from primage.app import create_app
+from primage.settings import Settings
+from tests.conftest import FHIR_JSON, patient
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_capability_statement_is_valid_and_truthful(client):
+    r = client.get("/fhir/metadata")
+    assert r.status_code == 200
+    body = r.json()
+    CapabilityStatement.model_validate(body)
+    assert body["fhirVersion"] == "4.3.0"
+    assert body["format"] == ["application/fhir+json", "json"]
+    rest = body["rest"][0]
+    types = {res["type"] for res in rest["resource"]}
+    assert types == set(models.resource_types())
+    assert {"Patient", "Observation", "ImagingStudy", "Questionnaire"} <= types
+    assert "Resource" not in types and "DomainResource" not in types
+    patient_caps = next(res for res in rest["resource"] if res["type"] == "Patient")
+    assert {i["code"] for i in patient_caps["interaction"]} >= {
+        "read",
+        "vread",
+        "update",
+        "patch",
+        "delete",
+        "create",
+    }
+    assert {p["name"] for p in patient_caps["searchParam"]} == {"_id", "_lastUpdated"}
+    assert {i["code"] for i in rest["interaction"]} == {"transaction", "batch", "history-system"}
+
+
+def test_every_declared_type_accepts_a_minimal_create(client):
+    # The statement says every type can be created: check a sample that needs no elements.
+    for type_ in ("Basic", "Binary", "Bundle", "Library", "Parameters"):
+        body = {"resourceType": type_}
+        if type_ == "Basic":
+            body["code"] = {"text": "x"}
+        if type_ == "Binary":
+            body["contentType"] = "text/plain"
+        if type_ == "Bundle":
+            body["type"] = "collection"
+        if type_ == "Library":
+            body |= {"status": "draft", "type": {"text": "x"}}
+        r = client.post(f"/fhir/{type_}", json=body, headers={"Content-Type": FHIR_JSON})
+        assert r.status_code == 201, (type_, r.text)
+
+
+def test_healthz(client):
+    r = client.get("/healthz")
+    assert r.status_code == 200
+    assert r.json() == {"status": "ok", "database": "ok"}
+
+
+def test_healthz_reports_unreachable_database(tmp_path):
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url="postgresql+psycopg2://nobody@127.0.0.1:1/none?connect_timeout=1",
+        secret_key="x",
+    )
+    from starlette.testclient import TestClient
+
+    with TestClient(create_app(settings)) as client:
+        r = client.get("/healthz")
+    assert r.status_code == 503
+    assert r.json()["database"] == "unreachable"
+
+
+def test_metrics_count_requests_by_route_and_status(client):
+    client.get("/fhir/Patient/metrics-probe-missing")
+    client.post("/fhir/Patient", json=patient(), headers={"Content-Type": FHIR_JSON})
+    text = client.get("/metrics").text
+    assert 'primage_http_requests_total{method="GET",route="fhir:read",status="404"}' in text
+    assert 'primage_http_requests_total{method="POST",route="fhir:create",status="201"}' in text
+    assert (
+        'primage_http_request_duration_seconds_bucket{le="0.005",method="POST",route="fhir:create"}'
+        in text
+    )
+
+
+def test_unexpected_errors_are_500_operation_outcome_without_trace(app, client, monkeypatch):
+    def boom(*_args, **_kwargs):
+        raise RuntimeError("secret-internal-detail")
+
+    monkeypatch.setattr(app.state.fhir.interactions, "run", boom)
+    from starlette.testclient import TestClient
+
+    with TestClient(app, raise_server_exceptions=False) as c:
+        r = c.get("/fhir/Patient/x")
+    assert r.status_code == 500
+    assert r.json()["resourceType"] == "OperationOutcome"
+    assert "secret-internal-detail" not in r.text and "Traceback" not in r.text
+
+
+def test_stored_rows_hold_the_served_json(app, client):
+    created = client.post("/fhir/Patient", json=patient(), headers={"Content-Type": FHIR_JSON})
+    pid = created.json()["id"]
+    with app.state.database.read() as repo:
+        rows = repo.conn.execute(
+            select(resource_version.c.version, resource_version.c.content).where(
+                resource_version.c.id == pid
+            )
+        ).all()
+        total = repo.conn.execute(select(func.count()).select_from(resource_version)).scalar_one()
+    assert rows == [(1, created.content)]
+    assert total >= 1
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_cli_serve_migrates_loads_demo_and_serves(tmp_path):
+    """What `make run` does: migrate the embedded SQLite store, load demo data, serve."""
+    port = _free_port()
+    env = {**os.environ, "PRIMAGE_DATA_DIR": str(tmp_path / "var"), "PRIMAGE_DEMO_DATA": "true"}
+    env.pop("PRIMAGE_DATABASE_URL", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "primage.cli", "serve", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        else:
+            raise AssertionError("primage serve did not come up")
+        patients = httpx.get(f"{base}/fhir/Patient").json()
+        assert patients["total"] == 3
+        assert (tmp_path / "var" / "primage.db").exists()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        output = proc.communicate(timeout=20)[0].decode()
+    assert f"http://127.0.0.1:{port}/fhir/metadata" in output
+    assert "demo data: 11 resources loaded" in output
+
+
+def test_cli_db_upgrade(tmp_path):
+    env = {**os.environ, "PRIMAGE_DATA_DIR": str(tmp_path)}
+    env.pop("PRIMAGE_DATABASE_URL", None)
+    out = subprocess.run(
+        [sys.executable, "-m", "primage.cli", "db", "upgrade"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        check=True,
+    )
+    assert b"latest schema" in out.stdout
+    assert (tmp_path / "primage.db").exists()
