@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Select, and_, func, insert, select, tuple_, update
+from sqlalchemy import Connection, Select, and_, bindparam, func, insert, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -92,6 +92,21 @@ _VERSION_COLUMNS = (
 )
 
 
+_CURRENT = (
+    select(*_VERSION_COLUMNS)
+    .select_from(
+        resource.join(
+            resource_version,
+            and_(
+                resource_version.c.resource_pk == resource.c.pk,
+                resource_version.c.version == resource.c.version,
+            ),
+        )
+    )
+    .where(resource.c.type == bindparam("type"), resource.c.id == bindparam("id"))
+)
+
+
 class Repository:
     """Reads and writes resources on `conn`; never commits (the caller owns the transaction)."""
 
@@ -102,24 +117,9 @@ class Repository:
 
     # --- reads -----------------------------------------------------------------------------
 
-    def current(self, type_: str, id_: str, *, lock: bool = False) -> Stored | None:
+    def current(self, type_: str, id_: str) -> Stored | None:
         """The current version (deleted or not), or None if the resource never existed."""
-        query = (
-            select(*_VERSION_COLUMNS)
-            .select_from(
-                resource.join(
-                    resource_version,
-                    and_(
-                        resource_version.c.resource_pk == resource.c.pk,
-                        resource_version.c.version == resource.c.version,
-                    ),
-                )
-            )
-            .where(resource.c.type == type_, resource.c.id == id_)
-        )
-        if lock and self._locking:
-            query = query.with_for_update(of=resource)
-        row = self.conn.execute(query).first()
+        row = self.conn.execute(_CURRENT, {"type": type_, "id": id_}).first()
         return Stored(*row) if row else None
 
     def read(self, type_: str, id_: str) -> Stored:
