@@ -10,7 +10,8 @@
     +-- PreconditionFailed    412 conflict
     +-- PayloadTooLarge       413 too-costly
     +-- UnsupportedMediaType  415 not-supported
-    +-- Unprocessable         422 processable / invariant
+    +-- Unprocessable         422 processing
+    +-- Unavailable           503 transient (carries Retry-After)
 
 Errors carry identifiers (type/id), never the payload that caused them.
 """
@@ -132,3 +133,13 @@ class Unprocessable(FhirError):
     """Well-formed, but not a valid resource (FHIR answers 422 when validation fails)."""
 
     status, code = 422, "processing"
+
+
+class Unavailable(FhirError):
+    """A transient database fault (lost connection, deadlock): the client may retry."""
+
+    status, code = 503, "transient"
+
+    def __init__(self, diagnostics: str, retry_after: int = 1) -> None:
+        super().__init__(diagnostics)
+        self.retry_after = retry_after

@@ -25,6 +25,7 @@ from .errors import (
     MethodNotAllowed,
     NotFound,
     PreconditionFailed,
+    Unavailable,
     Unprocessable,
 )
 from .instant import format_instant, parse_interval
@@ -127,7 +128,11 @@ class Response:
 
 
 def error_response(err: FhirError) -> Response:
-    headers = {"Allow": ", ".join(err.allowed)} if isinstance(err, MethodNotAllowed) else {}
+    headers = {}
+    if isinstance(err, MethodNotAllowed):
+        headers["Allow"] = ", ".join(err.allowed)
+    if isinstance(err, Unavailable):
+        headers["Retry-After"] = str(err.retry_after)
     return Response(err.status, err.outcome(), headers)
 
 

@@ -6,8 +6,10 @@ import logging
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
+from sqlalchemy.exc import DBAPIError, OperationalError
+
 from .bundles import Bundles
-from .errors import FhirError
+from .errors import FhirError, Unavailable
 from .interactions import Interactions, Request, Response, error_response, route
 from .repository import Repository
 
@@ -53,3 +55,24 @@ class FhirService:
             level = logging.WARNING if err.status < 500 else logging.ERROR
             log.log(level, "%s %s: %s %s", req.method, interaction, err.status, err.code)
             return interaction, error_response(err)
+        except DBAPIError as exc:
+            if not _transient(exc):
+                raise
+            # The driver's message can quote statement parameters (resource content): log
+            # only the kind of fault.
+            log.error("%s %s: database unavailable (%s)", req.method, interaction, _kind(exc))
+            return interaction, error_response(Unavailable("The database is unavailable; retry"))
+
+
+def _transient(exc: DBAPIError) -> bool:
+    """Unreachable database, lost connections, deadlocks, serialization failures, locks."""
+    code = getattr(exc.orig, "pgcode", None)
+    return bool(
+        isinstance(exc, OperationalError)
+        or exc.connection_invalidated
+        or (code and code[:2] in {"08", "40", "53", "57"})
+    )
+
+
+def _kind(exc: DBAPIError) -> str:
+    return getattr(exc.orig, "pgcode", None) or type(exc.orig).__name__

@@ -29,12 +29,23 @@ def _prepare_sqlite(url: str) -> bool:
 
 def make_engine(url: str, pool_size: int = 10) -> Engine:
     if _prepare_sqlite(url):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            hide_parameters=True,
+        )
         _sqlite_transactions(engine)
         return engine
     # No pre-ping: it costs a round trip per request; a dropped connection fails one
     # request and is replaced, and pool_recycle retires connections before servers do.
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
+    # hide_parameters: errors and logs must never quote resource content.
+    return create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_recycle=1800,
+        hide_parameters=True,
+    )
 
 
 def _sqlite_transactions(engine: Engine) -> None:

@@ -80,8 +80,13 @@ def test_healthz_reports_unreachable_database(tmp_path):
 
     with TestClient(create_app(settings)) as client:
         r = client.get("/healthz")
+        read = client.get("/fhir/Patient/p1")
     assert r.status_code == 503
     assert r.json()["database"] == "unreachable"
+    # a FHIR interaction on a database that is down is a transient 503, not a bare 500
+    assert read.status_code == 503
+    assert read.headers["Retry-After"] == "1"
+    assert read.json()["issue"][0]["code"] == "transient"
 
 
 def test_metrics_count_requests_by_route_and_status(client):
@@ -175,3 +180,17 @@ def test_cli_db_upgrade(tmp_path):
     )
     assert b"latest schema" in out.stdout
     assert (tmp_path / "primage.db").exists()
+
+
+def test_logs_never_quote_the_payload(client, caplog):
+    caplog.set_level("DEBUG")
+    marker = "Yamada-Tarou-4711"
+    client.post(
+        "/fhir/Patient",
+        json=patient(name=[{"family": marker}], birthDate="2016-02-30"),
+        headers={"Content-Type": FHIR_JSON},
+    )
+    client.put("/fhir/Patient/p1", json=patient(id="x", name=[{"family": marker}]))
+    server = [r for r in caplog.records if not r.name.startswith("httpx")]  # not the client's
+    assert len(server) >= 2  # the failures were logged ...
+    assert not any(marker in r.getMessage() for r in server)  # ... without their data
