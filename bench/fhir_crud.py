@@ -369,7 +369,9 @@ def main() -> None:
         "--pg-url", default=os.environ.get("PRIMAGE_BENCH_POSTGRES_URL", PG_DEFAULT)
     )
     parser.add_argument("--n", type=int, default=1500, help="requests per measurement")
-    parser.add_argument("--workers", type=int, default=1, help="uvicorn workers (primage and the bare app alike)")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="uvicorn workers (primage and the bare app alike)"
+    )
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
 

@@ -138,7 +138,7 @@ class Bundles:
             type_ = entry.where.type
             if entry.method == "POST" and type_:
                 if if_none_exist := entry.headers.get("if-none-exist"):
-                    found = self.interactions._matches(repo, type_, if_none_exist, "If-None-Exist")
+                    found = self.interactions.matches(repo, type_, if_none_exist, "If-None-Exist")
                     if len(found) > 1:
                         raise _located(
                             PreconditionFailed(f"ifNoneExist matched {len(found)} resources"), entry
@@ -160,7 +160,7 @@ class Bundles:
         type_, _, query = reference.partition("?")
         if not models.is_resource_type(type_):
             raise _located(InvalidRequest(f"Unknown type in reference {type_[:64]}"), entry)
-        found = self.interactions._matches(repo, type_, query, "reference")
+        found = self.interactions.matches(repo, type_, query, "reference")
         if len(found) != 1:
             raise _located(
                 PreconditionFailed(

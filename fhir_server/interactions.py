@@ -21,7 +21,6 @@ from . import jsonio, models
 from .errors import (
     FhirError,
     InvalidRequest,
-    Issue,
     MethodNotAllowed,
     NotFound,
     PreconditionFailed,
@@ -153,7 +152,7 @@ def version_of(etag: str | None, header: str = "If-Match") -> int | None:
 
 
 @dataclass
-class Settings:
+class Options:
     """The knobs the FHIR layer needs, taken from primage's Settings by the app factory."""
 
     default_count: int = 50
@@ -164,9 +163,9 @@ class Settings:
 class Interactions:
     """Runs one routed request against a repository inside the caller's transaction."""
 
-    def __init__(self, tokens: PageTokens, settings: Settings) -> None:
+    def __init__(self, tokens: PageTokens, options: Options) -> None:
         self.tokens = tokens
-        self.settings = settings
+        self.options = options
 
     def run(self, repo: Repository, req: Request, where: Route) -> Response:
         handler = getattr(self, "_" + where.interaction.replace("-", "_"))
@@ -195,7 +194,7 @@ class Interactions:
         body = models.validate(req.body, r.type)
         condition = req.header("if-none-exist")
         if condition:
-            matches = self._matches(repo, r.type, condition, "If-None-Exist")
+            matches = self.matches(repo, r.type, condition, "If-None-Exist")
             if len(matches) > 1:
                 raise PreconditionFailed(
                     f"If-None-Exist matched {len(matches)} resources", ("If-None-Exist",)
@@ -241,7 +240,7 @@ class Interactions:
 
     def _conditional_update(self, repo: Repository, req: Request, r: Route) -> Response:
         assert r.type
-        matches = self._matches(repo, r.type, req.params, "search")
+        matches = self.matches(repo, r.type, req.params, "search")
         body = req.body if isinstance(req.body, dict) else {}
         if len(matches) > 1:
             raise PreconditionFailed(
@@ -264,7 +263,7 @@ class Interactions:
 
     def _conditional_patch(self, repo: Repository, req: Request, r: Route) -> Response:
         assert r.type
-        matches = self._matches(repo, r.type, req.params, "search")
+        matches = self.matches(repo, r.type, req.params, "search")
         if len(matches) != 1:
             code = 404 if not matches else 412
             raise (NotFound if code == 404 else PreconditionFailed)(
@@ -274,7 +273,7 @@ class Interactions:
 
     def _conditional_delete(self, repo: Repository, req: Request, r: Route) -> Response:
         assert r.type
-        matches = self._matches(repo, r.type, req.params, "search")
+        matches = self.matches(repo, r.type, req.params, "search")
         if len(matches) > 1:
             raise PreconditionFailed(
                 f"The criteria matched {len(matches)} resources; this server deletes one at a time"
@@ -283,7 +282,7 @@ class Interactions:
             return Response(204)
         return self._delete(repo, req, Route("delete", r.type, matches[0].id))
 
-    def _matches(
+    def matches(
         self, repo: Repository, type_: str, criteria: str | list[tuple[str, str]], what: str
     ) -> list[Stored]:
         params = (
@@ -306,8 +305,8 @@ class Interactions:
         crit = compile_criteria(
             params,
             strict=_prefers(req, "handling") == "strict",
-            default_count=self.settings.default_count,
-            max_count=self.settings.max_count,
+            default_count=self.options.default_count,
+            max_count=self.options.max_count,
         )
         assert crit.count is not None
         total = repo.count(r.type, crit.where) if crit.total != "none" else None
@@ -353,7 +352,7 @@ class Interactions:
     def _history(self, repo: Repository, req: Request, r: Route, path: str) -> Response:
         state = self._page_state(req)
         params = state["params"] if state else req.params
-        since, count, applied = None, self.settings.default_count, []
+        since, count, applied = None, self.options.default_count, []
         for name, value in params:
             if name == "_since":
                 since = parse_interval(value, "_since")[0]
@@ -361,7 +360,7 @@ class Interactions:
             elif name == "_count":
                 if not value.isdigit():
                     raise InvalidRequest("_count must be a non-negative integer", ("_count",))
-                count = min(int(value), self.settings.max_count)
+                count = min(int(value), self.options.max_count)
                 applied.append((name, value))
             elif (
                 name not in {"_format", "_pretty", "_page"}
@@ -396,11 +395,8 @@ class Interactions:
         return state
 
     def _capabilities(self, repo: Repository, req: Request, r: Route) -> Response:
-        assert self.settings.capability is not None
-        return Response(200, self.settings.capability(req.base))
-
-    def _batch_transaction(self, repo: Repository, req: Request, r: Route) -> Response:
-        raise InvalidRequest("Bundles are processed by the bundle endpoint")  # routed earlier
+        assert self.options.capability is not None
+        return Response(200, self.options.capability(req.base))
 
 
 def _exists_error(type_: str, id_: str) -> FhirError:
@@ -547,16 +543,3 @@ def decode_binary_patch(resource: Any) -> Any:
         "PATCH in a Bundle needs a Binary with contentType application/json-patch+json",
         code="not-supported",
     )
-
-
-__all__ = [
-    "Interactions",
-    "Issue",
-    "Request",
-    "Response",
-    "Route",
-    "Settings",
-    "error_response",
-    "prefer_return",
-    "route",
-]

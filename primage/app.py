@@ -13,8 +13,7 @@ from starlette.responses import Response
 from fhir_server import api as fhir_api
 from fhir_server.capability import capability_statement
 from fhir_server.errors import Issue, operation_outcome
-from fhir_server.interactions import Interactions
-from fhir_server.interactions import Settings as FhirSettings
+from fhir_server.interactions import Interactions, Options
 from fhir_server.paging import PageTokens
 from fhir_server.service import FhirService
 
@@ -32,7 +31,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     max_body = settings.fhir_max_body_bytes
     interactions = Interactions(
         PageTokens(settings.secret()),
-        FhirSettings(
+        Options(
             default_count=settings.fhir_default_count,
             max_count=settings.fhir_max_count,
             capability=lambda base: capability_statement(base, max_body_bytes=max_body),
