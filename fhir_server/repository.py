@@ -15,14 +15,26 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Select, and_, bindparam, func, insert, select, tuple_, update
+from sqlalchemy import (
+    Connection,
+    Select,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from . import jsonio
 from .errors import Conflict, Gone, InvalidRequest, NotFound, PreconditionFailed
+from .indexing import Indexer
 from .instant import format_instant
-from .schema import resource, resource_version
+from .schema import INDEX_TABLES, resource, resource_version
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
@@ -66,7 +78,9 @@ def check_id(resource_id: str) -> str:
     return resource_id
 
 
-def stamp(body: dict[str, Any], resource_id: str, version: int, when: datetime) -> bytes:
+def stamp(
+    body: dict[str, Any], resource_id: str, version: int, when: datetime
+) -> tuple[dict[str, Any], bytes]:
     """The stored form: the client's JSON with the server's id and meta, id and meta first."""
     meta = dict(body.get("meta") or {})
     meta["versionId"] = str(version)
@@ -75,7 +89,7 @@ def stamp(body: dict[str, Any], resource_id: str, version: int, when: datetime) 
     for key, value in body.items():
         if key not in out:
             out[key] = value
-    return jsonio.dumps(out)
+    return out, jsonio.dumps(out)
 
 
 # Built once: per-call statement construction showed up in profiles of bundle ingest.
@@ -110,8 +124,14 @@ _CURRENT = (
 class Repository:
     """Reads and writes resources on `conn`; never commits (the caller owns the transaction)."""
 
-    def __init__(self, conn: Connection, clock: Callable[[], datetime] | None = None) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        indexer: Indexer | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
         self.conn = conn
+        self.indexer = indexer
         self._clock = clock or (lambda: datetime.now(UTC))
         self._locking = conn.dialect.name == "postgresql"
 
@@ -237,7 +257,7 @@ class Repository:
             return self.create_many([(body, id_ or str(uuid.uuid4()))])[0]
         type_ = body["resourceType"]
         when = self._clock()
-        content = stamp(body, id_, 1, when)
+        document, content = stamp(body, id_, 1, when)
         dialect_insert = pg_insert if self._locking else sqlite_insert
         # ON CONFLICT DO NOTHING: the loser of a race must not abort the whole transaction.
         new_pk = self.conn.execute(
@@ -247,6 +267,7 @@ class Repository:
         if new_pk is None:
             raise Conflict(f"{type_}/{id_} was created concurrently; retry")
         self._insert_version(new_pk, type_, id_, 1, when, "PUT", content)
+        self._index([(new_pk, document)])
         return Stored(type_, id_, 1, when, "PUT", content)
 
     def create_many(self, items: list[tuple[dict[str, Any], str]]) -> list[Stored]:
@@ -265,9 +286,10 @@ class Repository:
             for body, id_ in items
         ]
         pks = self.conn.execute(_INSERT_RESOURCE, rows).scalars().all()
+        stamped = [stamp(body, id_, 1, when) for body, id_ in items]
         stored = [
-            Stored(body["resourceType"], id_, 1, when, "POST", stamp(body, id_, 1, when))
-            for body, id_ in items
+            Stored(body["resourceType"], id_, 1, when, "POST", content)
+            for (body, id_), (_, content) in zip(items, stamped, strict=True)
         ]
         self.conn.execute(
             _INSERT_VERSION,
@@ -284,6 +306,7 @@ class Repository:
                 for pk, s in zip(pks, stored, strict=True)
             ],
         )
+        self._index([(pk, document) for pk, (document, _) in zip(pks, stamped, strict=True)])
         return stored
 
     def update(
@@ -302,9 +325,11 @@ class Repository:
                 f"{type_}/{id_} is at version {version}, not {if_match}",
             )
         when = self._clock()
-        content = stamp(body, id_, version + 1, when)
+        document, content = stamp(body, id_, version + 1, when)
         self._advance(pk, version, when, deleted=False)
         self._insert_version(pk, type_, id_, version + 1, when, "PUT", content)
+        self._unindex(pk)
+        self._index([(pk, document)])
         return Stored(type_, id_, version + 1, when, "PUT", content), deleted
 
     def delete(self, type_: str, id_: str, if_match: int | None = None) -> Stored | None:
@@ -322,6 +347,7 @@ class Repository:
         when = self._clock()
         self._advance(pk, version, when, deleted=True)
         self._insert_version(pk, type_, id_, version + 1, when, "DELETE", None)
+        self._unindex(pk)
         return Stored(type_, id_, version + 1, when, "DELETE", None)
 
     def _locked_row(self, type_: str, id_: str) -> tuple[int, int, bool] | None:
@@ -343,6 +369,23 @@ class Repository:
         ).rowcount
         if done != 1:
             raise PreconditionFailed("The resource was changed concurrently; retry")
+
+    def _index(self, documents: list[tuple[int, dict[str, Any]]]) -> None:
+        """Search-index rows of new current versions, one executemany per table."""
+        if self.indexer is None:
+            return
+        batches: dict[str, list[dict[str, Any]]] = {}
+        for pk, document in documents:
+            for kind, rows in self.indexer.rows(document).items():
+                batches.setdefault(kind, []).extend({"resource_pk": pk, **row} for row in rows)
+        for kind, rows in batches.items():
+            self.conn.execute(insert(INDEX_TABLES[kind]), rows)
+
+    def _unindex(self, pk: int) -> None:
+        if self.indexer is None:
+            return
+        for table in INDEX_TABLES.values():
+            self.conn.execute(delete(table).where(table.c.resource_pk == pk))
 
     def _insert_version(
         self,

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -80,3 +81,90 @@ resource_version = Table(
     Index("ix_resource_version_last_updated", "last_updated"),
     Index("ix_resource_version_type_last_updated", "type", "last_updated"),
 )
+
+
+# --- search index: one table per parameter type, rows for the current version only -------
+# Each row: the resource (pk, and its type so an index can lead with it), the parameter code,
+# and the value in the form its matching rules need (see docs in fhir_server/indexing.py).
+
+
+def _index_table(name: str, *columns: Column[Any], indexes: tuple[Index, ...] = ()) -> Table:
+    return Table(
+        name,
+        metadata,
+        Column("resource_pk", PK, ForeignKey("resource.pk"), nullable=False, index=True),
+        Column("type", String(64), nullable=False),
+        Column("param", String(64), nullable=False),
+        *columns,
+        *indexes,
+    )
+
+
+search_token = _index_table(
+    "search_token",
+    Column("system", String(255)),
+    Column("code", String(255)),
+    Column("text", String(255)),  # normalised display / CodeableConcept.text, for :text
+    indexes=(
+        Index("ix_search_token_code", "type", "param", "code", "system"),
+        Index("ix_search_token_system", "type", "param", "system"),
+    ),
+)
+search_string = _index_table(
+    "search_string",
+    Column("value", String(255), nullable=False),  # normalised: lower case, no accents
+    Column("exact", String(255), nullable=False),  # as written, for :exact
+    indexes=(
+        Index(
+            "ix_search_string_value",
+            "type",
+            "param",
+            "value",
+            postgresql_ops={"value": "varchar_pattern_ops"},
+        ),
+    ),
+)
+search_date = _index_table(
+    "search_date",
+    Column("start", UtcDateTime, nullable=False),  # inclusive
+    Column("end", UtcDateTime, nullable=False),  # exclusive
+    indexes=(Index("ix_search_date", "type", "param", "start", "end"),),
+)
+search_number = _index_table(
+    "search_number",
+    Column("value", Float, nullable=False),
+    indexes=(Index("ix_search_number", "type", "param", "value"),),
+)
+search_quantity = _index_table(
+    "search_quantity",
+    Column("value", Float, nullable=False),
+    Column("system", String(255)),
+    Column("code", String(255)),
+    Column("unit", String(255)),
+    indexes=(Index("ix_search_quantity", "type", "param", "code", "value"),),
+)
+search_reference = _index_table(
+    "search_reference",
+    Column("target_type", String(64)),
+    Column("target_id", String(64)),
+    Column("url", String(512)),  # absolute or canonical references
+    indexes=(
+        Index("ix_search_reference_target", "type", "param", "target_id", "target_type"),
+        Index("ix_search_reference_reverse", "target_type", "target_id"),
+    ),
+)
+search_uri = _index_table(
+    "search_uri",
+    Column("value", String(512), nullable=False),
+    indexes=(Index("ix_search_uri", "type", "param", "value"),),
+)
+
+INDEX_TABLES = {
+    "token": search_token,
+    "string": search_string,
+    "date": search_date,
+    "number": search_number,
+    "quantity": search_quantity,
+    "reference": search_reference,
+    "uri": search_uri,
+}

@@ -13,8 +13,10 @@ from starlette.responses import Response
 from fhir_server import api as fhir_api
 from fhir_server.capability import capability_statement
 from fhir_server.errors import Issue, operation_outcome
+from fhir_server.indexing import Indexer
 from fhir_server.interactions import Interactions, Options
 from fhir_server.paging import PageTokens
+from fhir_server.searchparams import base_registry
 from fhir_server.service import FhirService
 
 from . import db
@@ -27,7 +29,8 @@ log = logging.getLogger("primage")
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     engine = db.make_engine(settings.database(), settings.db_pool_size)
-    database = db.Database(engine)
+    registry = base_registry()
+    database = db.Database(engine, Indexer(registry))
     max_body = settings.fhir_max_body_bytes
     interactions = Interactions(
         PageTokens(settings.secret()),

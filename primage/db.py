@@ -12,6 +12,7 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 
+from fhir_server.indexing import Indexer
 from fhir_server.repository import Repository
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -73,18 +74,19 @@ def _sqlite_transactions(engine: Engine) -> None:
 class Database:
     """Hands out repositories bound to a read or a write transaction."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, indexer: Indexer | None = None) -> None:
         self.engine = engine
+        self.indexer = indexer
 
     @contextmanager
     def read(self) -> Iterator[Repository]:
         with self.engine.connect() as conn, conn.begin():
-            yield Repository(conn)
+            yield Repository(conn, self.indexer)
 
     @contextmanager
     def write(self) -> Iterator[Repository]:
         with self.engine.connect().execution_options(primage_write=True) as conn, conn.begin():
-            yield Repository(conn)
+            yield Repository(conn, self.indexer)
 
     def ping(self) -> bool:
         try:

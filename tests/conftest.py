@@ -23,6 +23,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from starlette.testclient import TestClient
 
+from fhir_server.schema import metadata
 from primage import db
 from primage.app import create_app
 from primage.settings import Settings
@@ -99,8 +100,8 @@ def backend(database_url: str) -> str:
 def empty_store(app: FastAPI) -> None:
     """For tests that look at the whole store (system history): start from nothing."""
     with app.state.database.write() as repo:
-        repo.conn.execute(text("DELETE FROM resource_version"))
-        repo.conn.execute(text("DELETE FROM resource"))
+        for table in reversed(metadata.sorted_tables):
+            repo.conn.execute(table.delete())
 
 
 @pytest.fixture(scope="session")
