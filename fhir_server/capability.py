@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import models
-from .search import SEARCH_PARAMETERS
+from .searchparams import Registry
 
 SOFTWARE_VERSION = "0.1.0"
 
@@ -23,16 +23,7 @@ _TYPE_INTERACTIONS = [
 ]
 
 
-def capability_statement(base: str, *, max_body_bytes: int) -> dict[str, Any]:
-    params = [
-        {
-            "name": name,
-            "definition": f"http://hl7.org/fhir/SearchParameter/Resource{name.replace('_', '-')}",
-            "type": kind,
-            "documentation": doc,
-        }
-        for name, (kind, doc, _) in SEARCH_PARAMETERS.items()
-    ]
+def capability_statement(base: str, registry: Registry, *, max_body_bytes: int) -> dict[str, Any]:
     resources = [
         {
             "type": type_,
@@ -46,7 +37,16 @@ def capability_statement(base: str, *, max_body_bytes: int) -> dict[str, Any]:
             "conditionalUpdate": True,
             "conditionalDelete": "single",
             "referencePolicy": ["literal", "logical"],
-            "searchParam": params,
+            "searchInclude": sorted(
+                f"{type_}:{p.code}"
+                for p in registry.params(type_).values()
+                if p.type == "reference"
+            ),
+            "searchRevInclude": ["*"],
+            "searchParam": [
+                {"name": p.code, "definition": p.url, "type": p.type}
+                for p in sorted(registry.params(type_).values(), key=lambda p: p.code)
+            ],
         }
         for type_ in models.resource_types()
     ]
@@ -59,7 +59,9 @@ def capability_statement(base: str, *, max_body_bytes: int) -> dict[str, Any]:
         "software": {"name": "primage", "version": SOFTWARE_VERSION},
         "implementation": {
             "description": "primage FHIR R4B server (request bodies up to "
-            f"{max_body_bytes} bytes; JSON only; search: _id and _lastUpdated)",
+            f"{max_body_bytes} bytes; JSON only; search by the R4B SearchParameters listed, "
+            "chaining, _has, _include and _revinclude; not yet: _sort, composite parameters, "
+            ":of-type, :identifier, :in/:not-in, system-level search)",
             "url": base,
         },
         "fhirVersion": models.FHIR_VERSION,

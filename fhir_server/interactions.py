@@ -30,7 +30,8 @@ from .errors import (
 from .instant import format_instant, parse_interval
 from .paging import PageTokens
 from .repository import Cursor, Repository, Stored, check_id
-from .search import compile_criteria
+from .search import SearchCompiler
+from .searchparams import Registry
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,7 @@ def version_of(etag: str | None, header: str = "If-Match") -> int | None:
 class Options:
     """The knobs the FHIR layer needs, taken from primage's Settings by the app factory."""
 
+    registry: Registry
     default_count: int = 50
     max_count: int = 1000
     capability: Callable[[str], dict[str, Any]] | None = None
@@ -291,9 +293,10 @@ class Interactions:
         params = [(k, v) for k, v in params if k not in {"_format", "_pretty"}]
         if not params:
             raise InvalidRequest(f"Conditional {what} needs search criteria", (what,))
-        crit = compile_criteria(
-            params, strict=True, default_count=2, max_count=2
-        )  # a conditional interaction must not ignore a criterion it cannot evaluate
+        # strict: a conditional interaction must not ignore a criterion it cannot evaluate
+        crit = SearchCompiler(self.options.registry, "").compile(
+            type_, params, strict=True, default_count=2, max_count=2
+        )
         return [s for _, s in repo.search_ids(type_, crit.where, None, 2)]
 
     # --- search and history ---------------------------------------------------------------
@@ -302,25 +305,32 @@ class Interactions:
         assert r.type
         state = self._page_state(req)
         params = state["params"] if state else req.params
-        crit = compile_criteria(
+        crit = SearchCompiler(self.options.registry, req.base).compile(
+            r.type,
             params,
             strict=_prefers(req, "handling") == "strict",
             default_count=self.options.default_count,
             max_count=self.options.max_count,
         )
-        assert crit.count is not None
-        total = repo.count(r.type, crit.where) if crit.total != "none" else None
+        if state and "total" in state:
+            total = state["total"]  # counted once, on the first page
+        else:
+            total = repo.count(r.type, crit.where) if crit.total != "none" else None
         entries: list[dict[str, Any]] = []
         links = [_link("self", f"{req.base}/{r.type}", crit.applied)]
         if not crit.summary_count and crit.count > 0:
             rows = repo.search_ids(
                 r.type, crit.where, state["after"] if state else None, crit.count + 1
             )
-            for _, stored in rows[: crit.count]:
-                entries.append(_entry(req.base, stored, mode="match"))
+            page = rows[: crit.count]
+            entries += [_entry(req.base, stored, mode="match") for _, stored in page]
+            included = repo.included(
+                [(pk, s) for pk, s in page], crit.include, crit.revinclude, self.options.max_count
+            )
+            entries += [_entry(req.base, stored, mode="include") for stored in included]
             if len(rows) > crit.count:
                 token = self.tokens.encode(
-                    {"params": crit.applied, "after": rows[crit.count - 1][0]}
+                    {"params": crit.applied, "after": page[-1][0], "total": total}
                 )
                 links.append({"relation": "next", "url": f"{req.base}/{r.type}?_page={token}"})
         if crit.warnings:

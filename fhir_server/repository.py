@@ -34,7 +34,8 @@ from . import jsonio
 from .errors import Conflict, Gone, InvalidRequest, NotFound, PreconditionFailed
 from .indexing import Indexer
 from .instant import format_instant
-from .schema import INDEX_TABLES, resource, resource_version
+from .schema import INDEX_TABLES, resource, resource_version, search_reference
+from .search import Include
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
@@ -191,6 +192,97 @@ class Repository:
             query = query.where(resource.c.pk > after_pk)
         if limit is not None:
             query = query.limit(limit)
+        return [(row[0], Stored(*row[1:])) for row in self.conn.execute(query)]
+
+    def included(
+        self,
+        page: list[tuple[int, Stored]],
+        include: list[Include],
+        revinclude: list[Include],
+        limit: int,
+    ) -> list[Stored]:
+        """Resources that `_include` / `_revinclude` add to a page (current, not deleted).
+
+        `:iterate` repeats on what was just included, up to three rounds.
+        """
+        seen = {(s.type, s.id) for _, s in page}
+        out: list[Stored] = []
+        frontier = page
+        for round_ in range(3):
+            found: list[tuple[int, Stored]] = []
+            for inc in include:
+                if round_ == 0 or inc.iterate:
+                    found += self._forward(frontier, inc)
+            for inc in revinclude:
+                if round_ == 0 or inc.iterate:
+                    found += self._reverse(frontier, inc)
+            frontier = []
+            for pk, stored in found:
+                if (stored.type, stored.id) not in seen and len(out) < limit:
+                    seen.add((stored.type, stored.id))
+                    out.append(stored)
+                    frontier.append((pk, stored))
+            if not frontier:
+                break
+        return out
+
+    def _forward(self, page: list[tuple[int, Stored]], inc: Include) -> list[tuple[int, Stored]]:
+        pks = [pk for pk, s in page if s.type == inc.source]
+        if not pks:
+            return []
+        ref = search_reference
+        target = resource.alias("target")
+        query = (
+            select(target.c.pk, *_VERSION_COLUMNS)
+            .select_from(
+                ref.join(
+                    target,
+                    and_(target.c.type == ref.c.target_type, target.c.id == ref.c.target_id),
+                ).join(
+                    resource_version,
+                    and_(
+                        resource_version.c.resource_pk == target.c.pk,
+                        resource_version.c.version == target.c.version,
+                    ),
+                )
+            )
+            .where(
+                ref.c.resource_pk.in_(pks), ref.c.type == inc.source, target.c.deleted.is_(False)
+            )
+            .distinct()
+        )
+        if inc.param:
+            query = query.where(ref.c.param == inc.param)
+        if inc.target:
+            query = query.where(ref.c.target_type == inc.target)
+        return [(row[0], Stored(*row[1:])) for row in self.conn.execute(query)]
+
+    def _reverse(self, page: list[tuple[int, Stored]], inc: Include) -> list[tuple[int, Stored]]:
+        keys = [(s.type, s.id) for _, s in page if inc.target in (None, s.type)]
+        if not keys:
+            return []
+        ref = search_reference
+        source = resource.alias("source")
+        query = (
+            select(source.c.pk, *_VERSION_COLUMNS)
+            .select_from(
+                ref.join(source, source.c.pk == ref.c.resource_pk).join(
+                    resource_version,
+                    and_(
+                        resource_version.c.resource_pk == source.c.pk,
+                        resource_version.c.version == source.c.version,
+                    ),
+                )
+            )
+            .where(
+                ref.c.type == inc.source,
+                tuple_(ref.c.target_type, ref.c.target_id).in_(keys),
+                source.c.deleted.is_(False),
+            )
+            .distinct()
+        )
+        if inc.param:
+            query = query.where(ref.c.param == inc.param)
         return [(row[0], Stored(*row[1:])) for row in self.conn.execute(query)]
 
     def count(self, type_: str, where: Iterable[Any]) -> int:

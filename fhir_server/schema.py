@@ -86,6 +86,8 @@ resource_version = Table(
 # --- search index: one table per parameter type, rows for the current version only -------
 # Each row: the resource (pk, and its type so an index can lead with it), the parameter code,
 # and the value in the form its matching rules need (see docs in fhir_server/indexing.py).
+# Equality indexes end with resource_pk, so a planner that probes per candidate resource
+# (a nested-loop semi-join, likely before statistics exist) still does one index lookup.
 
 
 def _index_table(name: str, *columns: Column[Any], indexes: tuple[Index, ...] = ()) -> Table:
@@ -106,7 +108,7 @@ search_token = _index_table(
     Column("code", String(255)),
     Column("text", String(255)),  # normalised display / CodeableConcept.text, for :text
     indexes=(
-        Index("ix_search_token_code", "type", "param", "code", "system"),
+        Index("ix_search_token_code", "type", "param", "code", "system", "resource_pk"),
         Index("ix_search_token_system", "type", "param", "system"),
     ),
 )
@@ -149,14 +151,21 @@ search_reference = _index_table(
     Column("target_id", String(64)),
     Column("url", String(512)),  # absolute or canonical references
     indexes=(
-        Index("ix_search_reference_target", "type", "param", "target_id", "target_type"),
+        Index(
+            "ix_search_reference_target",
+            "type",
+            "param",
+            "target_id",
+            "target_type",
+            "resource_pk",
+        ),
         Index("ix_search_reference_reverse", "target_type", "target_id"),
     ),
 )
 search_uri = _index_table(
     "search_uri",
     Column("value", String(512), nullable=False),
-    indexes=(Index("ix_search_uri", "type", "param", "value"),),
+    indexes=(Index("ix_search_uri", "type", "param", "value", "resource_pk"),),
 )
 
 INDEX_TABLES = {

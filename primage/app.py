@@ -35,9 +35,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     interactions = Interactions(
         PageTokens(settings.secret()),
         Options(
+            registry=registry,
             default_count=settings.fhir_default_count,
             max_count=settings.fhir_max_count,
-            capability=lambda base: capability_statement(base, max_body_bytes=max_body),
+            capability=lambda base: capability_statement(base, registry, max_body_bytes=max_body),
         ),
     )
     service = FhirService(interactions, database.read, database.write)

@@ -88,6 +88,11 @@ class Database:
         with self.engine.connect().execution_options(primage_write=True) as conn, conn.begin():
             yield Repository(conn, self.indexer)
 
+    def analyze(self) -> None:
+        """Refresh planner statistics, as autovacuum would shortly after a bulk load."""
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("ANALYZE")
+
     def ping(self) -> bool:
         try:
             with self.engine.connect() as conn:

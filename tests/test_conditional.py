@@ -43,9 +43,9 @@ def test_if_none_exist_with_several_matches_is_412(client):
 
 def test_conditional_criteria_that_cannot_be_evaluated_are_refused(client):
     # Ignoring an unknown criterion would match everything: a conditional write must refuse.
-    r = client.post("/fhir/Patient", json=patient(), headers={**H, "If-None-Exist": "family=x"})
+    r = client.post("/fhir/Patient", json=patient(), headers={**H, "If-None-Exist": "nickname=x"})
     assert r.status_code == 400
-    r = client.delete("/fhir/Patient?family=x")
+    r = client.delete("/fhir/Patient?nickname=x")
     assert r.status_code == 400
     r = client.delete("/fhir/Patient")
     assert r.status_code == 400

@@ -44,7 +44,9 @@ def test_capability_statement_is_valid_and_truthful(client):
         "delete",
         "create",
     }
-    assert {p["name"] for p in patient_caps["searchParam"]} == {"_id", "_lastUpdated"}
+    names = {p["name"] for p in patient_caps["searchParam"]}
+    assert {"_id", "_lastUpdated", "identifier", "family", "birthdate", "gender"} <= names
+    assert "Patient:general-practitioner" in patient_caps["searchInclude"]
     assert {i["code"] for i in rest["interaction"]} == {"transaction", "batch", "history-system"}
 
 

@@ -21,7 +21,7 @@ TABLES = {
     "search_token": (
         [("system", S255, True), ("code", S255, True), ("text", S255, True)],
         {
-            "ix_search_token_code": (["type", "param", "code", "system"], None),
+            "ix_search_token_code": (["type", "param", "code", "system", "resource_pk"], None),
             "ix_search_token_system": (["type", "param", "system"], None),
         },
     ),
@@ -53,13 +53,16 @@ TABLES = {
             ("url", S512, True),
         ],
         {
-            "ix_search_reference_target": (["type", "param", "target_id", "target_type"], None),
+            "ix_search_reference_target": (
+                ["type", "param", "target_id", "target_type", "resource_pk"],
+                None,
+            ),
             "ix_search_reference_reverse": (["target_type", "target_id"], None),
         },
     ),
     "search_uri": (
         [("value", S512, False)],
-        {"ix_search_uri": (["type", "param", "value"], None)},
+        {"ix_search_uri": (["type", "param", "value", "resource_pk"], None)},
     ),
 }
 

@@ -1,0 +1,260 @@
+"""Compile a FHIR search (a multi-dict of parameters) into SQL over the index tables.
+
+Each parameter becomes `pk IN (SELECT resource_pk FROM <index table> WHERE ...)`: comma
+values are OR inside it, repeated parameters are separate INs (AND). Chains
+(`subject:Patient.name=x`) nest an IN over the referenced resources, `_has` one over the
+referring resources; both recurse, to MAX_DEPTH levels. The subqueries are not correlated,
+so both databases evaluate each once (a semi-join) instead of once per candidate row, and
+each can use its table's (type, param, value) index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import and_, not_, or_, select
+from sqlalchemy.orm import aliased
+
+from ..errors import InvalidRequest, Issue
+from ..models import is_resource_type
+from ..schema import INDEX_TABLES, resource, search_reference
+from ..searchparams import Registry, SearchParam
+from . import date, number, reference, string, token, uri
+from .values import split_values
+
+MAX_DEPTH = 3
+IGNORED = {"_format", "_pretty", "_page"}
+
+_MATCHERS: dict[str, tuple[set[str], Callable[..., Any]]] = {
+    "token": (token.MODIFIERS, token.match),
+    "string": (string.MODIFIERS, string.match),
+    "date": (date.MODIFIERS, date.match),
+    "number": (number.MODIFIERS, number.match),
+    "quantity": (number.MODIFIERS, number.match_quantity),
+    "uri": (uri.MODIFIERS, uri.match),
+}
+
+
+@dataclass(frozen=True)
+class Include:
+    """`_include` / `_revinclude`: source type, reference parameter (None: all), target type."""
+
+    source: str
+    param: str | None
+    target: str | None
+    iterate: bool
+
+
+@dataclass
+class Criteria:
+    where: list[Any] = field(default_factory=list)
+    applied: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[Issue] = field(default_factory=list)
+    count: int = 50
+    total: str | None = None
+    summary_count: bool = False
+    include: list[Include] = field(default_factory=list)
+    revinclude: list[Include] = field(default_factory=list)
+
+
+class Unsupported(InvalidRequest):
+    """A parameter or modifier this server does not evaluate (lenient: a warning)."""
+
+    code = "not-supported"
+
+
+class SearchCompiler:
+    def __init__(self, registry: Registry, base: str) -> None:
+        self.registry = registry
+        self.base = base
+
+    def compile(
+        self,
+        type_: str,
+        params: list[tuple[str, str]],
+        *,
+        strict: bool,
+        default_count: int,
+        max_count: int,
+    ) -> Criteria:
+        crit = Criteria(count=default_count)
+        for name, value in params:
+            try:
+                if name in IGNORED:
+                    continue
+                if not self._result_parameter(crit, name, value, max_count):
+                    crit.where.append(self.clause(resource, type_, name, value, 0))
+                crit.applied.append((name, value))
+            except Unsupported as err:
+                if strict:
+                    raise
+                crit.warnings.append(Issue("warning", "not-supported", err.diagnostics, (name,)))
+        return crit
+
+    def _result_parameter(self, crit: Criteria, name: str, value: str, max_count: int) -> bool:
+        if name == "_count":
+            if not value.isdigit():
+                raise InvalidRequest("_count must be a non-negative integer", ("_count",))
+            crit.count = min(int(value), max_count)
+        elif name == "_total":
+            if value not in {"none", "estimate", "accurate"}:
+                raise InvalidRequest("_total is none, estimate or accurate", ("_total",))
+            crit.total = value
+        elif name == "_summary":
+            if value != "count":
+                raise Unsupported(f"_summary={value[:20]} is not supported (only count)")
+            crit.summary_count = True
+        elif name.split(":")[0] in ("_include", "_revinclude"):
+            kind, _, modifier = name.partition(":")
+            if modifier not in ("", "iterate", "recurse"):
+                raise InvalidRequest(f"Unknown modifier on {kind}", (name,))
+            spec = self._include(value, kind, modifier != "")
+            (crit.include if kind == "_include" else crit.revinclude).append(spec)
+        elif (
+            name.startswith("_")
+            and name not in ("_id", "_lastUpdated")
+            and not name.startswith("_has:")
+            and name.split(":")[0] not in {"_tag", "_profile", "_security", "_source"}
+        ):
+            raise Unsupported(f"Parameter {name[:64]} is not supported")
+        else:
+            return False
+        return True
+
+    def _include(self, value: str, kind: str, iterate: bool) -> Include:
+        parts = value.split(":")
+        if len(parts) not in (2, 3) or not is_resource_type(parts[0]):
+            raise InvalidRequest(f"{kind} is Type:param[:TargetType] or Type:*", (kind,))
+        source, param = parts[0], parts[1]
+        target = parts[2] if len(parts) == 3 else None
+        if param != "*":
+            found = self.registry.get(source, param)
+            if found is None or found.type != "reference":
+                raise InvalidRequest(f"{source}:{param} is not a reference parameter", (kind,))
+        if target is not None and not is_resource_type(target):
+            raise InvalidRequest(f"Unknown target type {target[:64]}", (kind,))
+        return Include(source, None if param == "*" else param, target, iterate)
+
+    # --- one parameter --------------------------------------------------------------------
+
+    def clause(self, res: Any, type_: str, name: str, value: str, depth: int) -> Any:
+        if depth > MAX_DEPTH:
+            raise InvalidRequest(f"Chains and _has nest at most {MAX_DEPTH} levels", (name,))
+        if name.startswith("_has:"):
+            return self._has(res, type_, name, value, depth)
+        head, dot, rest = name.partition(".")
+        code, _, modifier = head.partition(":")
+        if dot:
+            return self._chain(res, type_, code, modifier, rest, value, depth)
+        if code == "_id":
+            return self._on_resource(res.c.id, modifier, value, name)
+        if code == "_lastUpdated":
+            if modifier:
+                raise Unsupported(f"Modifier :{modifier} is not supported on _lastUpdated")
+            last = res.c.last_updated
+            return or_(
+                *(date.interval_match(last, last, v, name) for v in split_values(value, name))
+            )
+        param = self.registry.get(type_, code)
+        if param is None:
+            raise Unsupported(f"{type_} has no search parameter {code[:64]!r} here")
+        return self._param(res, type_, param, modifier, value, name)
+
+    def _param(
+        self, res: Any, type_: str, param: SearchParam, modifier: str, value: str, name: str
+    ) -> Any:
+        table = aliased(INDEX_TABLES[param.type])
+        rows = [table.c.type == type_, table.c.param == param.code]
+        if modifier == "missing":
+            if value not in ("true", "false"):
+                raise InvalidRequest(f"{name} takes true or false", (name,))
+            found = res.c.pk.in_(select(table.c.resource_pk).where(*rows))
+            return not_(found) if value == "true" else found
+        values = split_values(value, name)
+        if param.type == "reference":
+            if not reference.modifiers_ok(modifier):
+                raise Unsupported(f"Modifier :{modifier[:32]} is not supported on {param.code}")
+            matches = [
+                reference.match(table, v, modifier, name, self.base, param.targets) for v in values
+            ]
+        else:
+            modifiers, matcher = _MATCHERS[param.type]
+            if modifier not in modifiers:
+                raise Unsupported(f"Modifier :{modifier[:32]} is not supported on {param.code}")
+            matches = [
+                matcher(table, v, "" if modifier == "not" else modifier, name) for v in values
+            ]
+        found = res.c.pk.in_(select(table.c.resource_pk).where(*rows, or_(*matches)))
+        return not_(found) if modifier == "not" else found
+
+    def _on_resource(self, column: Any, modifier: str, value: str, name: str) -> Any:
+        if modifier:
+            raise Unsupported(f"Modifier :{modifier[:32]} is not supported on _id")
+        return column.in_(split_values(value, name))
+
+    def _chain(
+        self, res: Any, type_: str, code: str, target: str, rest: str, value: str, depth: int
+    ) -> Any:
+        param = self.registry.get(type_, code)
+        if param is None or param.type != "reference":
+            raise InvalidRequest(
+                f"Chaining needs a reference parameter; {type_}.{code[:64]} is not one", (code,)
+            )
+        if target and not is_resource_type(target):
+            raise InvalidRequest(f"Unknown type {target[:64]} in chain", (code,))
+        candidates = [target] if target else list(param.targets)
+        next_code = rest.partition(".")[0].partition(":")[0]
+        usable = [
+            t
+            for t in candidates
+            if next_code in ("_id", "_lastUpdated") or self.registry.get(t, next_code)
+        ]
+        if not usable:
+            raise InvalidRequest(
+                f"No target of {type_}.{code} has a search parameter {next_code[:64]!r}", (code,)
+            )
+        ref = aliased(search_reference)
+        referenced = aliased(resource)
+        per_type = [
+            and_(referenced.c.type == t, self.clause(referenced, t, rest, value, depth + 1))
+            for t in usable
+        ]
+        return res.c.pk.in_(
+            select(ref.c.resource_pk)
+            .select_from(ref)
+            .join(
+                referenced,
+                and_(referenced.c.type == ref.c.target_type, referenced.c.id == ref.c.target_id),
+            )
+            .where(
+                ref.c.type == type_,
+                ref.c.param == code,
+                referenced.c.deleted.is_(False),
+                or_(*per_type),
+            )
+        )
+
+    def _has(self, res: Any, type_: str, name: str, value: str, depth: int) -> Any:
+        parts = name.split(":", 3)
+        if len(parts) != 4 or not is_resource_type(parts[1]):
+            raise InvalidRequest("_has is _has:Type:reference-param:search-param", ("_has",))
+        source, code, inner = parts[1], parts[2], parts[3]
+        param = self.registry.get(source, code)
+        if param is None or param.type != "reference":
+            raise InvalidRequest(f"{source}.{code[:64]} is not a reference parameter", ("_has",))
+        ref = aliased(search_reference)
+        referring = aliased(resource)
+        return res.c.id.in_(
+            select(ref.c.target_id)
+            .select_from(ref)
+            .join(referring, referring.c.pk == ref.c.resource_pk)
+            .where(
+                ref.c.type == source,
+                ref.c.param == code,
+                ref.c.target_type == type_,
+                referring.c.deleted.is_(False),
+                self.clause(referring, source, inner, value, depth + 1),
+            )
+        )
