@@ -31,6 +31,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from . import jsonio
+from .bulk import insert_all
 from .errors import Conflict, Gone, InvalidRequest, NotFound, PreconditionFailed
 from .indexing import Indexer
 from .instant import format_instant
@@ -95,7 +96,6 @@ def stamp(
 
 # Built once: per-call statement construction showed up in profiles of bundle ingest.
 _INSERT_RESOURCE = insert(resource).returning(resource.c.pk, sort_by_parameter_order=True)
-_INSERT_VERSION = insert(resource_version)
 
 _VERSION_COLUMNS = (
     resource_version.c.type,
@@ -285,6 +285,10 @@ class Repository:
             query = query.where(ref.c.param == inc.param)
         return [(row[0], Stored(*row[1:])) for row in self.conn.execute(query)]
 
+    def all_current(self, type_: str) -> list[Stored]:
+        """Every current, non-deleted resource of a (small) type, e.g. SearchParameter."""
+        return [stored for _, stored in self.search_ids(type_, [], None, None)]
+
     def count(self, type_: str, where: Iterable[Any]) -> int:
         query = (
             select(func.count())
@@ -358,8 +362,9 @@ class Repository:
         ).scalar()
         if new_pk is None:
             raise Conflict(f"{type_}/{id_} was created concurrently; retry")
-        self._insert_version(new_pk, type_, id_, 1, when, "PUT", content)
-        self._index([(new_pk, document)])
+        self._write_rows(
+            [_version_row(new_pk, type_, id_, 1, when, "PUT", content)], [(new_pk, document)]
+        )
         return Stored(type_, id_, 1, when, "PUT", content)
 
     def create_many(self, items: list[tuple[dict[str, Any], str]]) -> list[Stored]:
@@ -383,22 +388,22 @@ class Repository:
             Stored(body["resourceType"], id_, 1, when, "POST", content)
             for (body, id_), (_, content) in zip(items, stamped, strict=True)
         ]
-        self.conn.execute(
-            _INSERT_VERSION,
-            [
-                {
-                    "resource_pk": pk,
-                    "version": 1,
-                    "type": s.type,
-                    "id": s.id,
-                    "last_updated": when,
-                    "method": "POST",
-                    "content": s.content,
-                }
-                for pk, s in zip(pks, stored, strict=True)
-            ],
+        versions = [
+            {
+                "resource_pk": pk,
+                "version": 1,
+                "type": s.type,
+                "id": s.id,
+                "last_updated": when,
+                "method": "POST",
+                "content": s.content,
+            }
+            for pk, s in zip(pks, stored, strict=True)
+        ]
+        self._write_rows(
+            versions,
+            [(pk, document) for pk, (document, _) in zip(pks, stamped, strict=True)],
         )
-        self._index([(pk, document) for pk, (document, _) in zip(pks, stamped, strict=True)])
         return stored
 
     def update(
@@ -419,9 +424,10 @@ class Repository:
         when = self._clock()
         document, content = stamp(body, id_, version + 1, when)
         self._advance(pk, version, when, deleted=False)
-        self._insert_version(pk, type_, id_, version + 1, when, "PUT", content)
         self._unindex(pk)
-        self._index([(pk, document)])
+        self._write_rows(
+            [_version_row(pk, type_, id_, version + 1, when, "PUT", content)], [(pk, document)]
+        )
         return Stored(type_, id_, version + 1, when, "PUT", content), deleted
 
     def delete(self, type_: str, id_: str, if_match: int | None = None) -> Stored | None:
@@ -438,8 +444,8 @@ class Repository:
             return None
         when = self._clock()
         self._advance(pk, version, when, deleted=True)
-        self._insert_version(pk, type_, id_, version + 1, when, "DELETE", None)
         self._unindex(pk)
+        self._write_rows([_version_row(pk, type_, id_, version + 1, when, "DELETE", None)], [])
         return Stored(type_, id_, version + 1, when, "DELETE", None)
 
     def _locked_row(self, type_: str, id_: str) -> tuple[int, int, bool] | None:
@@ -462,16 +468,20 @@ class Repository:
         if done != 1:
             raise PreconditionFailed("The resource was changed concurrently; retry")
 
-    def _index(self, documents: list[tuple[int, dict[str, Any]]]) -> None:
-        """Search-index rows of new current versions, one executemany per table."""
-        if self.indexer is None:
-            return
+    def _write_rows(
+        self, versions: list[dict[str, Any]], documents: list[tuple[int, dict[str, Any]]]
+    ) -> None:
+        """Version rows and the search-index rows of the new current versions, in one go."""
         batches: dict[str, list[dict[str, Any]]] = {}
-        for pk, document in documents:
-            for kind, rows in self.indexer.rows(document).items():
-                batches.setdefault(kind, []).extend({"resource_pk": pk, **row} for row in rows)
-        for kind, rows in batches.items():
-            self.conn.execute(insert(INDEX_TABLES[kind]), rows)
+        if self.indexer is not None:
+            for pk, document in documents:
+                for kind, rows in self.indexer.rows(document).items():
+                    batches.setdefault(kind, []).extend({"resource_pk": pk, **row} for row in rows)
+        insert_all(
+            self.conn,
+            [(resource_version, versions)]
+            + [(INDEX_TABLES[kind], rows) for kind, rows in batches.items()],
+        )
 
     def _unindex(self, pk: int) -> None:
         if self.indexer is None:
@@ -479,25 +489,16 @@ class Repository:
         for table in INDEX_TABLES.values():
             self.conn.execute(delete(table).where(table.c.resource_pk == pk))
 
-    def _insert_version(
-        self,
-        pk: int,
-        type_: str,
-        id_: str,
-        version: int,
-        when: datetime,
-        method: str,
-        content: bytes | None,
-    ) -> None:
-        self.conn.execute(
-            _INSERT_VERSION,
-            {
-                "resource_pk": pk,
-                "version": version,
-                "type": type_,
-                "id": id_,
-                "last_updated": when,
-                "method": method,
-                "content": content,
-            },
-        )
+
+def _version_row(
+    pk: int, type_: str, id_: str, version: int, when: datetime, method: str, content: bytes | None
+) -> dict[str, Any]:
+    return {
+        "resource_pk": pk,
+        "version": version,
+        "type": type_,
+        "id": id_,
+        "last_updated": when,
+        "method": method,
+        "content": content,
+    }

@@ -94,7 +94,9 @@ def _index_table(name: str, *columns: Column[Any], indexes: tuple[Index, ...] = 
     return Table(
         name,
         metadata,
-        Column("resource_pk", PK, ForeignKey("resource.pk"), nullable=False, index=True),
+        # No foreign key: the repository writes and deletes these rows in the same
+        # transaction as the resource, and a per-row FK check doubled index ingest time.
+        Column("resource_pk", PK, nullable=False, index=True),
         Column("type", String(64), nullable=False),
         Column("param", String(64), nullable=False),
         *columns,
@@ -107,10 +109,7 @@ search_token = _index_table(
     Column("system", String(255)),
     Column("code", String(255)),
     Column("text", String(255)),  # normalised display / CodeableConcept.text, for :text
-    indexes=(
-        Index("ix_search_token_code", "type", "param", "code", "system", "resource_pk"),
-        Index("ix_search_token_system", "type", "param", "system"),
-    ),
+    indexes=(Index("ix_search_token_code", "type", "param", "code", "system", "resource_pk"),),
 )
 search_string = _index_table(
     "search_string",
@@ -177,3 +176,19 @@ INDEX_TABLES = {
     "reference": search_reference,
     "uri": search_uri,
 }
+
+
+# --- long jobs (search reindex, later imports): resumable from their checkpoint -----------
+job = Table(
+    "job",
+    metadata,
+    Column("pk", PK, primary_key=True, autoincrement=True),
+    Column("kind", String(32), nullable=False),
+    Column("spec", String(1024), nullable=False),  # canonical JSON of the job's arguments
+    Column("status", String(16), nullable=False),  # running | done
+    Column("position", BigInteger, nullable=False),  # last resource pk processed
+    Column("done", BigInteger, nullable=False),
+    Column("total", BigInteger, nullable=False),
+    Column("updated", UtcDateTime, nullable=False),
+    Index("ix_job_kind_status", "kind", "status"),
+)

@@ -38,12 +38,22 @@ class Registry:
     """Search parameters by resource type and code, compiled per type on first use."""
 
     def __init__(self, definitions: list[dict[str, Any]]) -> None:
+        self._base = definitions
         self._by_base: dict[str, list[dict[str, Any]]] = {}
-        for definition in definitions:
+        self._by_type: dict[str, dict[str, SearchParam]] = {}
+        self.use_custom([])
+
+    def use_custom(self, definitions: list[dict[str, Any]]) -> None:
+        """Add the server's own active SearchParameters (profiles/, or POSTed) to the base set.
+
+        A custom parameter with the code of a base one on the same type replaces it.
+        """
+        by_base: dict[str, list[dict[str, Any]]] = {}
+        for definition in [*self._base, *definitions]:
             if definition.get("type") in INDEXED_TYPES and definition.get("expression"):
                 for base in definition.get("base", []):
-                    self._by_base.setdefault(base, []).append(definition)
-        self._by_type: dict[str, dict[str, SearchParam]] = {}
+                    by_base.setdefault(base, []).append(definition)
+        self._by_base, self._by_type = by_base, {}
 
     def params(self, type_: str) -> dict[str, SearchParam]:
         found = self._by_type.get(type_)
@@ -76,6 +86,11 @@ class Registry:
 
 
 @cache
-def base_registry() -> Registry:
+def _base_definitions() -> tuple[dict[str, Any], ...]:
     bundle = json.loads(DATA.read_text())
-    return Registry([entry["resource"] for entry in bundle["entry"]])
+    return tuple(entry["resource"] for entry in bundle["entry"])
+
+
+def base_registry() -> Registry:
+    """A registry of the R4B base parameters (each app has its own, to add custom ones)."""
+    return Registry(list(_base_definitions()))

@@ -8,6 +8,7 @@ from contextlib import AbstractContextManager
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from . import jsonio
 from .bundles import Bundles
 from .errors import FhirError, Unavailable
 from .interactions import Interactions, Request, Response, error_response, route
@@ -38,6 +39,19 @@ class FhirService:
         self.bundles = Bundles(interactions, write)
         self._read = read
         self._write = write
+        self.load_search_parameters()
+
+    def load_search_parameters(self) -> None:
+        """Put the stored, active SearchParameters into the registry (this process only)."""
+        try:
+            with self._read() as repo:
+                stored = repo.all_current("SearchParameter")
+        except DBAPIError:  # a database not migrated yet has no resources to offer
+            return
+        definitions = [jsonio.loads(s.content) for s in stored if s.content is not None]
+        self.interactions.options.registry.use_custom(
+            [d for d in definitions if d.get("status") == "active"]
+        )
 
     def handle(self, req: Request) -> tuple[str, Response]:
         """Returns (interaction name, response); the name labels metrics and, later, audit."""
@@ -46,10 +60,13 @@ class FhirService:
             where = route(req.method, req.path)
             interaction = where.interaction
             if interaction == "batch/transaction":
-                return interaction, self.bundles.process(req)
-            transaction = self._read if interaction in READ_ONLY else self._write
-            with transaction() as repo:
-                response = self.interactions.run(repo, req, where)
+                response = self.bundles.process(req)
+            else:
+                transaction = self._read if interaction in READ_ONLY else self._write
+                with transaction() as repo:
+                    response = self.interactions.run(repo, req, where)
+            if interaction not in READ_ONLY and not response.is_error and _touches_parameters(req):
+                self.load_search_parameters()
             return interaction, response
         except FhirError as err:
             level = logging.WARNING if err.status < 500 else logging.ERROR
@@ -62,6 +79,20 @@ class FhirService:
             # only the kind of fault.
             log.error("%s %s: database unavailable (%s)", req.method, interaction, _kind(exc))
             return interaction, error_response(Unavailable("The database is unavailable; retry"))
+
+
+def _touches_parameters(req: Request) -> bool:
+    """Did this write create, change or delete a SearchParameter?"""
+    if req.path.strip("/").startswith("SearchParameter"):
+        return True
+    body = req.body
+    if isinstance(body, dict) and body.get("resourceType") == "Bundle":
+        return any(
+            str((e or {}).get("request", {}).get("url", "")).startswith("SearchParameter")
+            for e in body.get("entry") or []
+            if isinstance(e, dict)
+        )
+    return False
 
 
 def _transient(exc: DBAPIError) -> bool:

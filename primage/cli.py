@@ -65,6 +65,38 @@ def upgrade() -> None:
 
 
 @main.group()
+def search() -> None:
+    """Search index."""
+
+
+@search.command("reindex")
+@click.option("--type", "types", multiple=True, help="Only these resource types.")
+@click.option("--param", "params", multiple=True, help="Only these parameter codes.")
+@click.option("--batch", default=500, show_default=True)
+def search_reindex(types: tuple[str, ...], params: tuple[str, ...], batch: int) -> None:
+    """Rebuild search-index rows (resumes an interrupted run with the same options)."""
+    from fhir_server.reindex import reindex
+
+    from .app import create_app
+
+    settings = Settings()
+    db.upgrade(settings.database())
+    app = create_app(settings)
+    steps = reindex(
+        app.state.database.write, app.state.indexer, types=types, params=params, batch=batch
+    )
+    first = next(steps)
+    with click.progressbar(length=first.total, label="reindexing") as bar:
+        bar.update(first.done)
+        last = first.done
+        for progress in steps:
+            bar.update(progress.done - last)
+            last = progress.done
+    app.state.database.engine.dispose()
+    click.echo(f"reindexed {last} resources")
+
+
+@main.group()
 def demo() -> None:
     """Synthetic demo data."""
 

@@ -19,6 +19,9 @@ class Settings(BaseSettings):
     fhir_max_body_bytes: int = 32 * 1024 * 1024
     fhir_default_count: int = 50
     fhir_max_count: int = 1000
+    # Off only for a bulk load that `primage search reindex` follows: until then, searches
+    # miss what was written.
+    search_indexing: bool = True
     demo_data: bool = False  # load the synthetic demo set when the store is empty
     log_level: str = "INFO"
     db_pool_size: int = 10

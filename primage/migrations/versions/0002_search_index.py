@@ -22,7 +22,6 @@ TABLES = {
         [("system", S255, True), ("code", S255, True), ("text", S255, True)],
         {
             "ix_search_token_code": (["type", "param", "code", "system", "resource_pk"], None),
-            "ix_search_token_system": (["type", "param", "system"], None),
         },
     ),
     "search_string": (
@@ -71,7 +70,7 @@ def upgrade() -> None:
     for name, (columns, indexes) in TABLES.items():
         op.create_table(
             name,
-            sa.Column("resource_pk", PK, sa.ForeignKey("resource.pk"), nullable=False),
+            sa.Column("resource_pk", PK, nullable=False),
             sa.Column("type", sa.String(64), nullable=False),
             sa.Column("param", sa.String(64), nullable=False),
             *(sa.Column(col, kind, nullable=nullable) for col, kind, nullable in columns),
