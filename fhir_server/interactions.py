@@ -30,7 +30,8 @@ from .errors import (
 from .instant import format_instant, parse_interval
 from .paging import PageTokens
 from .repository import Cursor, Repository, Stored, check_id
-from .search import SearchCompiler
+from .schema import resource
+from .search import SearchCompiler, sort
 from .searchparams import Registry
 
 
@@ -319,18 +320,33 @@ class Interactions:
         entries: list[dict[str, Any]] = []
         links = [_link("self", f"{req.base}/{r.type}", crit.applied)]
         if not crit.summary_count and crit.count > 0:
-            rows = repo.search_ids(
-                r.type, crit.where, state["after"] if state else None, crit.count + 1
+            parts = sort.components(crit.sort, resource, r.type, self.options.registry)
+            after = None
+            if state:
+                values = sort.load(parts, state["after"]["values"])
+                last_pk = int(state["after"]["pk"])
+                after = lambda pk: sort.after(parts, pk, values, last_pk)  # noqa: E731
+            hits = repo.search_page(
+                r.type,
+                crit.where,
+                sort.order_by(parts),
+                after,
+                crit.count + 1,
+                [p.expr for p in parts],
+                sort.joins(parts),
             )
-            page = rows[: crit.count]
+            page = [(pk, stored) for pk, _, stored in hits[: crit.count]]
             entries += [_entry(req.base, stored, mode="match") for _, stored in page]
-            included = repo.included(
-                [(pk, s) for pk, s in page], crit.include, crit.revinclude, self.options.max_count
-            )
+            included = repo.included(page, crit.include, crit.revinclude, self.options.max_count)
             entries += [_entry(req.base, stored, mode="include") for stored in included]
-            if len(rows) > crit.count:
+            if len(hits) > crit.count:
+                last_pk, last_values, _ = hits[crit.count - 1]
                 token = self.tokens.encode(
-                    {"params": crit.applied, "after": page[-1][0], "total": total}
+                    {
+                        "params": crit.applied,
+                        "after": {"pk": last_pk, "values": sort.dump(parts, last_values)},
+                        "total": total,
+                    }
                 )
                 links.append({"relation": "next", "url": f"{req.base}/{r.type}?_page={token}"})
         if crit.warnings:

@@ -174,25 +174,48 @@ class Repository:
         self, type_: str, where: Iterable[Any], after_pk: int | None, limit: int | None
     ) -> list[tuple[int, Stored]]:
         """Current, non-deleted resources of a type matching `where`, in pk order."""
-        query = (
-            select(resource.c.pk, *_VERSION_COLUMNS)
-            .select_from(
-                resource.join(
-                    resource_version,
-                    and_(
-                        resource_version.c.resource_pk == resource.c.pk,
-                        resource_version.c.version == resource.c.version,
-                    ),
-                )
-            )
-            .where(resource.c.type == type_, resource.c.deleted.is_(False), *where)
-            .order_by(resource.c.pk)
+        after = (lambda pk: pk > after_pk) if after_pk is not None else None
+        return [(pk, stored) for pk, _, stored in self.search_page(type_, where, [], after, limit)]
+
+    def search_page(
+        self,
+        type_: str,
+        where: Iterable[Any],
+        order: list[Any],
+        after: Callable[[Any], Any] | None,
+        limit: int | None,
+        keys: list[Any] = (),  # type: ignore[assignment]
+        joins: list[Any] = (),  # type: ignore[assignment]
+    ) -> list[tuple[int, tuple[Any, ...], Stored]]:
+        """One page of matches: (pk, sort-key values, stored), ordered by `order` then pk.
+
+        `after(pk_column)` is the keyset condition that starts the page; `joins` are
+        per-resource subqueries (sort keys) left-joined on their resource_pk.
+        """
+        source = resource.join(
+            resource_version,
+            and_(
+                resource_version.c.resource_pk == resource.c.pk,
+                resource_version.c.version == resource.c.version,
+            ),
         )
-        if after_pk is not None:
-            query = query.where(resource.c.pk > after_pk)
+        for sub in joins:
+            source = source.outerjoin(sub, sub.c.resource_pk == resource.c.pk)
+        query = (
+            select(resource.c.pk, *keys, *_VERSION_COLUMNS)
+            .select_from(source)
+            .where(resource.c.type == type_, resource.c.deleted.is_(False), *where)
+            .order_by(*order, resource.c.pk)
+        )
+        if after is not None:
+            query = query.where(after(resource.c.pk))
         if limit is not None:
             query = query.limit(limit)
-        return [(row[0], Stored(*row[1:])) for row in self.conn.execute(query)]
+        n = len(keys)
+        return [
+            (row[0], tuple(row[1 : n + 1]), Stored(*row[n + 1 :]))
+            for row in self.conn.execute(query)
+        ]
 
     def included(
         self,

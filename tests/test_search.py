@@ -128,6 +128,48 @@ def test_search(loaded, query, expected):
     assert ids(loaded, query) == expected
 
 
+def ordered(client, query: str) -> list[str]:
+    r = client.get(f"/fhir/{query}")
+    assert r.status_code == 200, r.text
+    return [
+        e["resource"]["id"] for e in r.json().get("entry", []) if e["search"]["mode"] == "match"
+    ]
+
+
+PATIENTS = "Patient?_id=pat-a,pat-b,pat-c"
+OBSERVATIONS = "Observation?_id=obs-1,obs-2,obs-3,obs-4"
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        (f"{PATIENTS}&_sort=birthdate", ["pat-c", "pat-b", "pat-a"]),
+        (f"{PATIENTS}&_sort=-birthdate", ["pat-a", "pat-b", "pat-c"]),
+        (f"{PATIENTS}&_sort=family", ["pat-a", "pat-b", "pat-c"]),
+        (f"{PATIENTS}&_sort=-_id", ["pat-c", "pat-b", "pat-a"]),
+        (f"{OBSERVATIONS}&_sort=value-quantity", ["obs-3", "obs-4", "obs-1", "obs-2"]),
+        (f"{OBSERVATIONS}&_sort=-value-quantity", ["obs-4", "obs-3", "obs-1", "obs-2"]),
+        (f"{OBSERVATIONS}&_sort=status,-date", ["obs-4", "obs-3", "obs-1", "obs-2"]),
+        (f"{OBSERVATIONS}&_sort=-status,date", ["obs-2", "obs-3", "obs-1", "obs-4"]),
+    ],
+)
+def test_sort(loaded, query, expected):
+    assert ordered(loaded, query) == expected
+
+
+def test_sorted_paging_keeps_the_order_across_pages(loaded):
+    seen = []
+    bundle_ = loaded.get(f"/fhir/{OBSERVATIONS}&_sort=-date&_count=1").json()
+    while True:
+        seen += [e["resource"]["id"] for e in bundle_.get("entry", [])]
+        nxt = next((link["url"] for link in bundle_["link"] if link["relation"] == "next"), None)
+        if not nxt:
+            break
+        parts = urlsplit(nxt)
+        bundle_ = loaded.get(f"{parts.path}?{parts.query}").json()
+    assert seen == ["obs-4", "obs-3", "obs-1", "obs-2"]
+
+
 def test_include_and_revinclude(loaded):
     def entries(query):
         r = loaded.get(f"/fhir/{query}")
@@ -185,6 +227,9 @@ def test_index_follows_updates_and_deletes(loaded):
         "Patient?active:missing=maybe",
         "Observation?_include=Observation:status",
         "Patient?_has:Observation:code:code=x",
+        "Patient?_sort=nickname",
+        "Observation?_sort=subject",
+        "Patient?_sort=",
         "Patient?"
         + "&".join(
             [
@@ -264,9 +309,8 @@ def test_paging_thousands_returns_each_match_once(app, loaded):
     # any, PostgreSQL guesses one row per table and picks quadratic nested loops.
     app.state.database.analyze()
     seen: list[str] = []
-    bundle_ = loaded.get(
-        "/fhir/Observation?subject=Patient/pat-b&value-quantity=ge0&_count=50"
-    ).json()
+    query = "Observation?subject=Patient/pat-b&value-quantity=ge0&_count=50&_sort=-value-quantity"
+    bundle_ = loaded.get(f"/fhir/{query}").json()
     assert bundle_["total"] == 2000
     pages = 0
     while True:
@@ -280,3 +324,5 @@ def test_paging_thousands_returns_each_match_once(app, loaded):
         assert bundle_["total"] == 2000
     assert pages == 40
     assert len(seen) == len(set(seen)) == 2000
+    values = [e["resource"]["valueQuantity"]["value"] for e in bundle_["entry"]]
+    assert values == list(range(49, -1, -1))  # the last page holds the smallest values

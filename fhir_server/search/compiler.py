@@ -22,6 +22,7 @@ from ..models import is_resource_type
 from ..schema import INDEX_TABLES, resource, search_reference
 from ..searchparams import Registry, SearchParam
 from . import date, number, reference, string, token, uri
+from .sort import parse_sort
 from .values import split_values
 
 MAX_DEPTH = 3
@@ -57,6 +58,7 @@ class Criteria:
     summary_count: bool = False
     include: list[Include] = field(default_factory=list)
     revinclude: list[Include] = field(default_factory=list)
+    sort: list[tuple[str, bool]] = field(default_factory=list)  # (code, descending)
 
 
 class Unsupported(InvalidRequest):
@@ -84,7 +86,7 @@ class SearchCompiler:
             try:
                 if name in IGNORED:
                     continue
-                if not self._result_parameter(crit, name, value, max_count):
+                if not self._result_parameter(crit, type_, name, value, max_count):
                     crit.where.append(self.clause(resource, type_, name, value, 0))
                 crit.applied.append((name, value))
             except Unsupported as err:
@@ -93,8 +95,12 @@ class SearchCompiler:
                 crit.warnings.append(Issue("warning", "not-supported", err.diagnostics, (name,)))
         return crit
 
-    def _result_parameter(self, crit: Criteria, name: str, value: str, max_count: int) -> bool:
-        if name == "_count":
+    def _result_parameter(
+        self, crit: Criteria, type_: str, name: str, value: str, max_count: int
+    ) -> bool:
+        if name == "_sort":
+            crit.sort = parse_sort(value, type_, self.registry)
+        elif name == "_count":
             if not value.isdigit():
                 raise InvalidRequest("_count must be a non-negative integer", ("_count",))
             crit.count = min(int(value), max_count)
