@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl, urlencode
 
 import jsonpatch
 
-from . import jsonio, models
+from . import jsonio, models, summary
 from .errors import (
     FhirError,
     InvalidRequest,
@@ -186,7 +186,12 @@ class Interactions:
         since = req.header("if-modified-since")
         if since and _not_modified_since(stored.last_updated, since):
             return Response(304, None, _version_headers(stored), stored)
-        return _found(stored)
+        shape = summary.parse(req.params)
+        if shape[0] in (None, "false", "count") and not shape[1]:
+            return _found(stored)
+        assert stored.content is not None
+        subset = summary.subset(jsonio.loads(stored.content), *shape)
+        return Response(200, subset, _version_headers(stored), stored)
 
     def _vread(self, repo: Repository, req: Request, r: Route) -> Response:
         assert r.type and r.id and r.version
@@ -336,9 +341,12 @@ class Interactions:
                 sort.joins(parts),
             )
             page = [(pk, stored) for pk, _, stored in hits[: crit.count]]
-            entries += [_entry(req.base, stored, mode="match") for _, stored in page]
+            if crit.summary not in (None, "false") and crit.elements:
+                raise InvalidRequest("Use _summary or _elements, not both", ("_elements",))
+            shape = (crit.summary, crit.elements)
+            entries += [_entry(req.base, stored, "match", shape) for _, stored in page]
             included = repo.included(page, crit.include, crit.revinclude, self.options.max_count)
-            entries += [_entry(req.base, stored, mode="include") for stored in included]
+            entries += [_entry(req.base, stored, "include", shape) for stored in included]
             if len(hits) > crit.count:
                 last_pk, last_values, _ = hits[crit.count - 1]
                 token = self.tokens.encode(
@@ -517,13 +525,15 @@ def _link(relation: str, url: str, params: list[tuple[str, str]]) -> dict[str, s
     return {"relation": relation, "url": f"{url}?{urlencode(params)}" if params else url}
 
 
-def _entry(base: str, stored: Stored, mode: str) -> dict[str, Any]:
+def _entry(
+    base: str, stored: Stored, mode: str, shape: tuple[str | None, list[str] | None]
+) -> dict[str, Any]:
     assert stored.content is not None
-    return {
-        "fullUrl": f"{base}/{stored.reference}",
-        "resource": jsonio.raw(stored.content),
-        "search": {"mode": mode},
-    }
+    if shape[0] in (None, "false") and not shape[1]:
+        body: Any = jsonio.raw(stored.content)  # as stored, not parsed again
+    else:
+        body = summary.subset(jsonio.loads(stored.content), *shape)
+    return {"fullUrl": f"{base}/{stored.reference}", "resource": body, "search": {"mode": mode}}
 
 
 def _history_entry(base: str, stored: Stored) -> dict[str, Any]:

@@ -326,3 +326,45 @@ def test_paging_thousands_returns_each_match_once(app, loaded):
     assert len(seen) == len(set(seen)) == 2000
     values = [e["resource"]["valueQuantity"]["value"] for e in bundle_["entry"]]
     assert values == list(range(49, -1, -1))  # the last page holds the smallest values
+
+
+def test_summary_and_elements(loaded):
+    def first(query):
+        r = loaded.get(f"/fhir/{query}")
+        assert r.status_code == 200, r.text
+        return r.json()["entry"][0]["resource"]
+
+    summary = first("Patient?_id=pat-b&_summary=true")
+    assert summary["gender"] == "male" and summary["name"]
+    assert "generalPractitioner" not in summary  # not a summary element of Patient
+    assert any(t["code"] == "SUBSETTED" for t in summary["meta"]["tag"])
+
+    elements = first("Observation?_id=obs-3&_elements=value")
+    assert set(elements) == {
+        "resourceType",
+        "id",
+        "meta",
+        "status",
+        "code",
+        "valueQuantity",
+    }  # + mandatory
+
+    text = first("Patient?_id=pat-a&_summary=text")
+    assert set(text) == {"resourceType", "id", "meta"}
+
+    data = first("Patient?_id=pat-a&_summary=data")
+    assert data["gender"] == "female" and "text" not in data
+
+    full = first("Patient?_id=pat-a&_summary=false")
+    assert "tag" not in full["meta"]
+
+    read = loaded.get("/fhir/Patient/pat-a?_elements=birthDate")
+    assert read.status_code == 200 and set(read.json()) == {
+        "resourceType",
+        "id",
+        "meta",
+        "birthDate",
+    }
+
+    assert loaded.get("/fhir/Patient?_summary=maybe").status_code == 400
+    assert loaded.get("/fhir/Patient?_summary=true&_elements=gender").status_code == 400

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import and_, not_, or_, select
 from sqlalchemy.orm import aliased
 
+from .. import summary
 from ..errors import InvalidRequest, Issue
 from ..models import is_resource_type
 from ..schema import INDEX_TABLES, resource, search_reference
@@ -59,6 +60,8 @@ class Criteria:
     include: list[Include] = field(default_factory=list)
     revinclude: list[Include] = field(default_factory=list)
     sort: list[tuple[str, bool]] = field(default_factory=list)  # (code, descending)
+    summary: str | None = None  # _summary true | false | text | data
+    elements: list[str] | None = None
 
 
 class Unsupported(InvalidRequest):
@@ -109,9 +112,12 @@ class SearchCompiler:
                 raise InvalidRequest("_total is none, estimate or accurate", ("_total",))
             crit.total = value
         elif name == "_summary":
-            if value != "count":
-                raise Unsupported(f"_summary={value[:20]} is not supported (only count)")
-            crit.summary_count = True
+            if value not in summary.SUMMARY_MODES:
+                raise InvalidRequest("_summary is true, false, text, data or count", (name,))
+            crit.summary_count = value == "count"
+            crit.summary = None if value == "count" else value
+        elif name == "_elements":
+            crit.elements = [e.strip() for e in value.split(",") if e.strip()]
         elif name.split(":")[0] in ("_include", "_revinclude"):
             kind, _, modifier = name.partition(":")
             if modifier not in ("", "iterate", "recurse"):
