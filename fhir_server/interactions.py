@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import jsonpatch
+from sqlalchemy import and_, or_
 
 from . import jsonio, models, summary
 from .errors import (
@@ -33,6 +34,19 @@ from .repository import Cursor, Repository, Stored, check_id
 from .schema import resource
 from .search import SearchCompiler, sort
 from .searchparams import Registry
+
+# Parameters that system-level search can only evaluate with _type (their index rows are
+# per resource type).
+_NEEDS_TYPE = {
+    "_has",
+    "_tag",
+    "_profile",
+    "_security",
+    "_source",
+    "_sort",
+    "_include",
+    "_revinclude",
+}
 
 
 @dataclass(frozen=True)
@@ -309,31 +323,82 @@ class Interactions:
 
     def _search_type(self, repo: Repository, req: Request, r: Route) -> Response:
         assert r.type
+        return self._search(repo, req, [r.type], f"{req.base}/{r.type}")
+
+    def _search_system(self, repo: Repository, req: Request, r: Route) -> Response:
+        """Search across types: `_type` names them; without it only _id and _lastUpdated."""
         state = self._page_state(req)
         params = state["params"] if state else req.params
-        crit = SearchCompiler(self.options.registry, req.base).compile(
-            r.type,
-            params,
-            strict=_prefers(req, "handling") == "strict",
-            default_count=self.options.default_count,
-            max_count=self.options.max_count,
-        )
+        named = [v for k, v in params if k == "_type"]
+        if named:
+            types = sorted({t for value in named for t in value.split(",") if t})
+            unknown = [t for t in types if not models.is_resource_type(t)]
+            if unknown or not types:
+                raise InvalidRequest(
+                    f"Unknown _type {unknown[0][:64] if unknown else ''}", ("_type",)
+                )
+            return self._search(repo, req, types, req.base)
+        for name, _ in params:
+            base = name.partition(":")[0]
+            if not base.startswith("_") or base in {
+                "_has",
+                "_tag",
+                "_profile",
+                "_security",
+                "_source",
+            }:
+                raise InvalidRequest(
+                    f"Searching all types by {name[:64]} needs _type", (name,), code="not-supported"
+                )
+        return self._search(repo, req, None, req.base)
+
+    def _search(
+        self, repo: Repository, req: Request, types: list[str] | None, path: str
+    ) -> Response:
+        state = self._page_state(req)
+        params = [(k, v) for k, v in (state["params"] if state else req.params) if k != "_type"]
+        compiler = SearchCompiler(self.options.registry, req.base)
+        # R4B: with several types, every parameter must be common to all of them.
+        strict = _prefers(req, "handling") == "strict" or (types is not None and len(types) > 1)
+        compiled = [
+            (
+                type_,
+                compiler.compile(
+                    type_,
+                    params,
+                    strict=strict,
+                    default_count=self.options.default_count,
+                    max_count=self.options.max_count,
+                ),
+            )
+            for type_ in (types or ["Resource"])
+        ]
+        crit = compiled[0][1]
+        if types is None or len(types) == 1:
+            where = crit.where
+        else:
+            where = [or_(*(and_(resource.c.type == t, *c.where) for t, c in compiled))]
+        applied = (
+            [("_type", ",".join(types))] if types and path == req.base else []
+        ) + crit.applied
         if state and "total" in state:
             total = state["total"]  # counted once, on the first page
         else:
-            total = repo.count(r.type, crit.where) if crit.total != "none" else None
+            total = repo.count(types, where) if crit.total != "none" else None
         entries: list[dict[str, Any]] = []
-        links = [_link("self", f"{req.base}/{r.type}", crit.applied)]
+        links = [_link("self", path, applied)]
         if not crit.summary_count and crit.count > 0:
-            parts = sort.components(crit.sort, resource, r.type, self.options.registry)
+            parts = sort.components(
+                crit.sort, resource, (types or ["Resource"])[0], self.options.registry
+            )
             after = None
             if state:
                 values = sort.load(parts, state["after"]["values"])
                 last_pk = int(state["after"]["pk"])
                 after = lambda pk: sort.after(parts, pk, values, last_pk)  # noqa: E731
             hits = repo.search_page(
-                r.type,
-                crit.where,
+                types,
+                where,
                 sort.order_by(parts),
                 after,
                 crit.count + 1,
@@ -351,28 +416,24 @@ class Interactions:
                 last_pk, last_values, _ = hits[crit.count - 1]
                 token = self.tokens.encode(
                     {
-                        "params": crit.applied,
+                        "params": applied,
                         "after": {"pk": last_pk, "values": sort.dump(parts, last_values)},
                         "total": total,
                     }
                 )
-                links.append({"relation": "next", "url": f"{req.base}/{r.type}?_page={token}"})
-        if crit.warnings:
+                links.append({"relation": "next", "url": f"{path}?_page={token}"})
+        warnings = [w for _, c in compiled for w in c.warnings]
+        if warnings:
             entries.append(
                 {
                     "resource": {
                         "resourceType": "OperationOutcome",
-                        "issue": [i.to_json() for i in crit.warnings],
+                        "issue": [i.to_json() for i in warnings],
                     },
                     "search": {"mode": "outcome"},
                 }
             )
         return Response(200, _bundle("searchset", entries, links, total))
-
-    def _search_system(self, repo: Repository, req: Request, r: Route) -> Response:
-        raise InvalidRequest(
-            "System-level search is not supported yet; search a resource type", code="not-supported"
-        )
 
     def _history_instance(self, repo: Repository, req: Request, r: Route) -> Response:
         return self._history(repo, req, r, f"{r.type}/{r.id}/_history")

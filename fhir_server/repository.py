@@ -175,11 +175,12 @@ class Repository:
     ) -> list[tuple[int, Stored]]:
         """Current, non-deleted resources of a type matching `where`, in pk order."""
         after = (lambda pk: pk > after_pk) if after_pk is not None else None
-        return [(pk, stored) for pk, _, stored in self.search_page(type_, where, [], after, limit)]
+        hits = self.search_page([type_], where, [], after, limit)
+        return [(pk, stored) for pk, _, stored in hits]
 
     def search_page(
         self,
-        type_: str,
+        types: list[str] | None,
         where: Iterable[Any],
         order: list[Any],
         after: Callable[[Any], Any] | None,
@@ -204,7 +205,7 @@ class Repository:
         query = (
             select(resource.c.pk, *keys, *_VERSION_COLUMNS)
             .select_from(source)
-            .where(resource.c.type == type_, resource.c.deleted.is_(False), *where)
+            .where(resource.c.deleted.is_(False), *_of_types(types), *where)
             .order_by(*order, resource.c.pk)
         )
         if after is not None:
@@ -312,11 +313,11 @@ class Repository:
         """Every current, non-deleted resource of a (small) type, e.g. SearchParameter."""
         return [stored for _, stored in self.search_ids(type_, [], None, None)]
 
-    def count(self, type_: str, where: Iterable[Any]) -> int:
+    def count(self, types: list[str] | None, where: Iterable[Any]) -> int:
         query = (
             select(func.count())
             .select_from(resource)
-            .where(resource.c.type == type_, resource.c.deleted.is_(False), *where)
+            .where(resource.c.deleted.is_(False), *_of_types(types), *where)
         )
         return int(self.conn.execute(query).scalar_one())
 
@@ -525,3 +526,9 @@ def _version_row(
         "method": method,
         "content": content,
     }
+
+
+def _of_types(types: list[str] | None) -> list[Any]:
+    if types is None:
+        return []
+    return [resource.c.type == types[0]] if len(types) == 1 else [resource.c.type.in_(types)]

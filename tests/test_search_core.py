@@ -107,5 +107,22 @@ def test_unknown_parameter_lenient_and_strict(client):
     assert strict.status_code == 400
 
 
-def test_system_search_is_declared_unsupported(client):
-    assert client.get("/fhir?_type=Patient").status_code == 400
+def test_system_search(client):
+    a = client.post("/fhir/Patient", json=patient(), headers=H).json()
+    o = client.post(
+        "/fhir/Observation",
+        json={"resourceType": "Observation", "status": "final", "code": {"text": "x"}},
+        headers=H,
+    ).json()
+    both = client.get(f"/fhir?_type=Patient,Observation&_id={a['id']},{o['id']}").json()
+    assert sorted(e["resource"]["id"] for e in both["entry"]) == sorted([a["id"], o["id"]])
+    assert both["link"][0]["url"].startswith("http://testserver/fhir?_type=Observation%2CPatient")
+    # R4B: with _type, every other parameter must be common to all the types
+    not_common = client.get("/fhir?_type=Patient,Observation&status=final")
+    assert not_common.status_code == 400
+    one_type = client.get(f"/fhir?_type=Observation&_id={o['id']}&status=final").json()
+    assert [e["resource"]["id"] for e in one_type["entry"]] == [o["id"]]
+    untyped = client.get(f"/fhir?_id={a['id']}").json()
+    assert [e["resource"]["id"] for e in untyped["entry"]] == [a["id"]]
+    assert client.get("/fhir?gender=female").status_code == 400
+    assert client.get("/fhir?_type=Nope").status_code == 400
