@@ -384,7 +384,14 @@ class Interactions:
         if state and "total" in state:
             total = state["total"]  # counted once, on the first page
         else:
-            total = repo.count(types, where) if crit.total != "none" else None
+            total = None
+            if crit.total != "none":
+                sets = [ps for _, c in compiled for ps in c.sets]
+                single = types is not None and len(types) == 1
+                if single and sets and not any(ps.negated for ps in sets):
+                    total = repo.count_matches([ps.query for ps in sets])
+                else:
+                    total = repo.count(types, where)
         entries: list[dict[str, Any]] = []
         links = [_link("self", path, applied)]
         if not crit.summary_count and crit.count > 0:

@@ -23,6 +23,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    intersect,
     select,
     tuple_,
     update,
@@ -312,6 +313,16 @@ class Repository:
     def all_current(self, type_: str) -> list[Stored]:
         """Every current, non-deleted resource of a (small) type, e.g. SearchParameter."""
         return [stored for _, stored in self.search_ids(type_, [], None, None)]
+
+    def count_matches(self, sets: list[Any]) -> int:
+        """How many resources are in every one of these pk sets (one-column SELECTs).
+
+        Counted on the index tables alone: their rows exist only for current, non-deleted
+        resources of their type, so the resource table need not be read.
+        """
+        combined = sets[0] if len(sets) == 1 else intersect(*sets)
+        distinct_pks = combined.subquery() if len(sets) > 1 else sets[0].distinct().subquery()
+        return int(self.conn.execute(select(func.count()).select_from(distinct_pks)).scalar_one())
 
     def count(self, types: list[str] | None, where: Iterable[Any]) -> int:
         query = (

@@ -49,6 +49,14 @@ class Include:
     iterate: bool
 
 
+@dataclass(frozen=True)
+class PkSet:
+    """A parameter's matches as a one-column SELECT of resource pks; negated: the others."""
+
+    query: Any
+    negated: bool
+
+
 @dataclass
 class Criteria:
     where: list[Any] = field(default_factory=list)
@@ -60,6 +68,7 @@ class Criteria:
     include: list[Include] = field(default_factory=list)
     revinclude: list[Include] = field(default_factory=list)
     sort: list[tuple[str, bool]] = field(default_factory=list)  # (code, descending)
+    sets: list[PkSet] = field(default_factory=list)  # one per applied search parameter
     summary: str | None = None  # _summary true | false | text | data
     elements: list[str] | None = None
 
@@ -90,7 +99,9 @@ class SearchCompiler:
                 if name in IGNORED:
                     continue
                 if not self._result_parameter(crit, type_, name, value, max_count):
-                    crit.where.append(self.clause(resource, type_, name, value, 0))
+                    pks = self.pk_set(type_, name, value, 0)
+                    crit.sets.append(pks)
+                    crit.where.append(condition(resource, pks))
                 crit.applied.append((name, value))
             except Unsupported as err:
                 if strict:
@@ -151,39 +162,31 @@ class SearchCompiler:
 
     # --- one parameter --------------------------------------------------------------------
 
-    def clause(self, res: Any, type_: str, name: str, value: str, depth: int) -> Any:
+    def pk_set(self, type_: str, name: str, value: str, depth: int) -> PkSet:
+        """The pks of current `type_` resources that match one parameter."""
         if depth > MAX_DEPTH:
             raise InvalidRequest(f"Chains and _has nest at most {MAX_DEPTH} levels", (name,))
         if name.startswith("_has:"):
-            return self._has(res, type_, name, value, depth)
+            return self._has(type_, name, value, depth)
         head, dot, rest = name.partition(".")
         code, _, modifier = head.partition(":")
         if dot:
-            return self._chain(res, type_, code, modifier, rest, value, depth)
-        if code == "_id":
-            return self._on_resource(res.c.id, modifier, value, name)
-        if code == "_lastUpdated":
-            if modifier:
-                raise Unsupported(f"Modifier :{modifier} is not supported on _lastUpdated")
-            last = res.c.last_updated
-            return or_(
-                *(date.interval_match(last, last, v, name) for v in split_values(value, name))
-            )
+            return self._chain(type_, code, modifier, rest, value, depth)
+        if code in ("_id", "_lastUpdated"):
+            return self._on_resource(type_, code, modifier, value, name)
         param = self.registry.get(type_, code)
         if param is None:
             raise Unsupported(f"{type_} has no search parameter {code[:64]!r} here")
-        return self._param(res, type_, param, modifier, value, name)
+        return self._param(type_, param, modifier, value, name)
 
-    def _param(
-        self, res: Any, type_: str, param: SearchParam, modifier: str, value: str, name: str
-    ) -> Any:
+    def _param(self, type_: str, param: SearchParam, modifier: str, value: str, name: str) -> PkSet:
+        # Index rows exist only for current, non-deleted versions, and carry their type.
         table = aliased(INDEX_TABLES[param.type])
         rows = [table.c.type == type_, table.c.param == param.code]
         if modifier == "missing":
             if value not in ("true", "false"):
                 raise InvalidRequest(f"{name} takes true or false", (name,))
-            found = res.c.pk.in_(select(table.c.resource_pk).where(*rows))
-            return not_(found) if value == "true" else found
+            return PkSet(select(table.c.resource_pk).where(*rows), negated=value == "true")
         values = split_values(value, name)
         if param.type == "reference":
             if not reference.modifiers_ok(modifier):
@@ -198,17 +201,26 @@ class SearchCompiler:
             matches = [
                 matcher(table, v, "" if modifier == "not" else modifier, name) for v in values
             ]
-        found = res.c.pk.in_(select(table.c.resource_pk).where(*rows, or_(*matches)))
-        return not_(found) if modifier == "not" else found
+        query = select(table.c.resource_pk).where(*rows, or_(*matches))
+        return PkSet(query, negated=modifier == "not")
 
-    def _on_resource(self, column: Any, modifier: str, value: str, name: str) -> Any:
+    def _on_resource(self, type_: str, code: str, modifier: str, value: str, name: str) -> PkSet:
         if modifier:
-            raise Unsupported(f"Modifier :{modifier[:32]} is not supported on _id")
-        return column.in_(split_values(value, name))
+            raise Unsupported(f"Modifier :{modifier[:32]} is not supported on {code}")
+        res = aliased(resource)
+        values = split_values(value, name)
+        if code == "_id":
+            match = res.c.id.in_(values)
+        else:
+            last = res.c.last_updated
+            match = or_(*(date.interval_match(last, last, v, name) for v in values))
+        # "Resource" stands for every type (system-level search without _type)
+        of_type = [] if type_ == "Resource" else [res.c.type == type_]
+        return PkSet(select(res.c.pk).where(*of_type, res.c.deleted.is_(False), match), False)
 
     def _chain(
-        self, res: Any, type_: str, code: str, target: str, rest: str, value: str, depth: int
-    ) -> Any:
+        self, type_: str, code: str, target: str, rest: str, value: str, depth: int
+    ) -> PkSet:
         param = self.registry.get(type_, code)
         if param is None or param.type != "reference":
             raise InvalidRequest(
@@ -230,25 +242,24 @@ class SearchCompiler:
         ref = aliased(search_reference)
         referenced = aliased(resource)
         per_type = [
-            and_(referenced.c.type == t, self.clause(referenced, t, rest, value, depth + 1))
+            and_(
+                referenced.c.type == t,
+                condition(referenced, self.pk_set(t, rest, value, depth + 1)),
+            )
             for t in usable
         ]
-        return res.c.pk.in_(
+        query = (
             select(ref.c.resource_pk)
             .select_from(ref)
             .join(
                 referenced,
                 and_(referenced.c.type == ref.c.target_type, referenced.c.id == ref.c.target_id),
             )
-            .where(
-                ref.c.type == type_,
-                ref.c.param == code,
-                referenced.c.deleted.is_(False),
-                or_(*per_type),
-            )
+            .where(ref.c.type == type_, ref.c.param == code, or_(*per_type))
         )
+        return PkSet(query, False)
 
-    def _has(self, res: Any, type_: str, name: str, value: str, depth: int) -> Any:
+    def _has(self, type_: str, name: str, value: str, depth: int) -> PkSet:
         parts = name.split(":", 3)
         if len(parts) != 4 or not is_resource_type(parts[1]):
             raise InvalidRequest("_has is _has:Type:reference-param:search-param", ("_has",))
@@ -258,15 +269,24 @@ class SearchCompiler:
             raise InvalidRequest(f"{source}.{code[:64]} is not a reference parameter", ("_has",))
         ref = aliased(search_reference)
         referring = aliased(resource)
-        return res.c.id.in_(
-            select(ref.c.target_id)
+        target = aliased(resource)
+        query = (
+            select(target.c.pk)
             .select_from(ref)
             .join(referring, referring.c.pk == ref.c.resource_pk)
+            .join(target, and_(target.c.type == ref.c.target_type, target.c.id == ref.c.target_id))
             .where(
                 ref.c.type == source,
                 ref.c.param == code,
                 ref.c.target_type == type_,
-                referring.c.deleted.is_(False),
-                self.clause(referring, source, inner, value, depth + 1),
+                target.c.deleted.is_(False),
+                condition(referring, self.pk_set(source, inner, value, depth + 1)),
             )
         )
+        return PkSet(query, False)
+
+
+def condition(res: Any, pks: PkSet) -> Any:
+    """`res.pk` in (or, negated, not in) the set."""
+    found = res.c.pk.in_(pks.query)
+    return not_(found) if pks.negated else found
