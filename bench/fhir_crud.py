@@ -373,6 +373,11 @@ def main() -> None:
         "--workers", type=int, default=1, help="uvicorn workers (primage and the bare app alike)"
     )
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--no-index",
+        action="store_true",
+        help="primage without search indexing (the REST core alone)",
+    )
     args = parser.parse_args()
 
     kinds = ["sqlite", "postgresql"] if args.db == "both" else [args.db]
@@ -398,6 +403,7 @@ def main() -> None:
                     "PRIMAGE_DATABASE_URL": url,
                     "PRIMAGE_DATA_DIR": data,
                     "PRIMAGE_LOG_LEVEL": "WARNING",
+                    "PRIMAGE_SEARCH_INDEXING": "false" if args.no_index else "true",
                 }
                 cmd = [
                     sys.executable,
