@@ -100,19 +100,24 @@ def root_keys(expression: str, resource_type: str) -> frozenset[str] | None:
 
 
 def _split_union(expression: str) -> list[str]:
-    terms, depth, quoted, start = [], 0, False, 0
-    for i, ch in enumerate(expression):
+    return _split_top(expression, "|")
+
+
+def _split_top(text: str, sep: str) -> list[str]:
+    """Split on `sep` outside parentheses and quoted literals."""
+    parts, depth, quoted, start = [], 0, False, 0
+    for i, ch in enumerate(text):
         if ch == "'":
             quoted = not quoted
         elif not quoted and ch == "(":
             depth += 1
         elif not quoted and ch == ")":
             depth -= 1
-        elif not quoted and depth == 0 and ch == "|":
-            terms.append(expression[start:i])
+        elif not quoted and depth == 0 and ch == sep:
+            parts.append(text[start:i])
             start = i + 1
-    terms.append(expression[start:])
-    return terms
+    parts.append(text[start:])
+    return parts
 
 
 Step = tuple[str, ...]
@@ -173,19 +178,7 @@ def _closing(term: str) -> int | None:
 
 
 def _split_dots(term: str) -> list[str]:
-    parts, depth, quoted, start = [], 0, False, 0
-    for i, ch in enumerate(term):
-        if ch == "'":
-            quoted = not quoted
-        elif not quoted and ch == "(":
-            depth += 1
-        elif not quoted and ch == ")":
-            depth -= 1
-        elif not quoted and depth == 0 and ch == ".":
-            parts.append(term[start:i])
-            start = i + 1
-    parts.append(term[start:])
-    return parts
+    return _split_top(term, ".")
 
 
 def _compile_steps(steps: list[Step]) -> Extractor:

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 
 from . import jsonio
 from .bulk import insert_all
 from .indexing import Indexer
-from .repository import Repository
+from .repository import Repository, with_current
 from .schema import INDEX_TABLES, job, resource, resource_version
 
 
@@ -47,15 +47,7 @@ def reindex(
             conn = repo.conn
             query = (
                 select(resource.c.pk, resource_version.c.content)
-                .select_from(
-                    resource.join(
-                        resource_version,
-                        and_(
-                            resource_version.c.resource_pk == resource.c.pk,
-                            resource_version.c.version == resource.c.version,
-                        ),
-                    )
-                )
+                .select_from(with_current(resource))
                 .where(resource.c.pk > position, resource.c.deleted.is_(False))
                 .order_by(resource.c.pk)
                 .limit(batch)

@@ -108,17 +108,20 @@ _VERSION_COLUMNS = (
 )
 
 
+def with_current(res: Any) -> Any:
+    """`res` (the resource table or an alias) joined to its current version."""
+    return res.join(
+        resource_version,
+        and_(
+            resource_version.c.resource_pk == res.c.pk,
+            resource_version.c.version == res.c.version,
+        ),
+    )
+
+
 _CURRENT = (
     select(*_VERSION_COLUMNS)
-    .select_from(
-        resource.join(
-            resource_version,
-            and_(
-                resource_version.c.resource_pk == resource.c.pk,
-                resource_version.c.version == resource.c.version,
-            ),
-        )
-    )
+    .select_from(with_current(resource))
     .where(resource.c.type == bindparam("type"), resource.c.id == bindparam("id"))
 )
 
@@ -194,13 +197,7 @@ class Repository:
         `after(pk_column)` is the keyset condition that starts the page; `joins` are
         per-resource subqueries (sort keys) left-joined on their resource_pk.
         """
-        source = resource.join(
-            resource_version,
-            and_(
-                resource_version.c.resource_pk == resource.c.pk,
-                resource_version.c.version == resource.c.version,
-            ),
-        )
+        source = with_current(resource)
         for sub in joins:
             source = source.outerjoin(sub, sub.c.resource_pk == resource.c.pk)
         query = (
@@ -261,14 +258,8 @@ class Repository:
             select(target.c.pk, *_VERSION_COLUMNS)
             .select_from(
                 ref.join(
-                    target,
+                    with_current(target),
                     and_(target.c.type == ref.c.target_type, target.c.id == ref.c.target_id),
-                ).join(
-                    resource_version,
-                    and_(
-                        resource_version.c.resource_pk == target.c.pk,
-                        resource_version.c.version == target.c.version,
-                    ),
                 )
             )
             .where(
@@ -290,15 +281,7 @@ class Repository:
         source = resource.alias("source")
         query = (
             select(source.c.pk, *_VERSION_COLUMNS)
-            .select_from(
-                ref.join(source, source.c.pk == ref.c.resource_pk).join(
-                    resource_version,
-                    and_(
-                        resource_version.c.resource_pk == source.c.pk,
-                        resource_version.c.version == source.c.version,
-                    ),
-                )
-            )
+            .select_from(ref.join(with_current(source), source.c.pk == ref.c.resource_pk))
             .where(
                 ref.c.type == inc.source,
                 tuple_(ref.c.target_type, ref.c.target_id).in_(keys),
