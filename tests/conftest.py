@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -126,6 +127,18 @@ def live_server(app: FastAPI) -> Iterator[str]:
     yield base
     server.should_exit = True
     thread.join(timeout=10)
+
+
+def pages(client: TestClient, path: str) -> Iterator[dict]:
+    """Every page of a searchset or history, following `next` links from `path`."""
+    bundle = client.get(path).json()
+    while True:
+        yield bundle
+        nxt = next((link["url"] for link in bundle["link"] if link["relation"] == "next"), None)
+        if nxt is None:
+            return
+        parts = urlsplit(nxt)
+        bundle = client.get(f"{parts.path}?{parts.query}").json()
 
 
 def patient(**extra: object) -> dict[str, object]:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import pytest
 
-from tests.conftest import FHIR_JSON
+from tests.conftest import FHIR_JSON, pages
 from tests.search_data import bundle
 
 H = {"Content-Type": FHIR_JSON}
@@ -158,15 +158,11 @@ def test_sort(loaded, query, expected):
 
 
 def test_sorted_paging_keeps_the_order_across_pages(loaded):
-    seen = []
-    bundle_ = loaded.get(f"/fhir/{OBSERVATIONS}&_sort=-date&_count=1").json()
-    while True:
-        seen += [e["resource"]["id"] for e in bundle_.get("entry", [])]
-        nxt = next((link["url"] for link in bundle_["link"] if link["relation"] == "next"), None)
-        if not nxt:
-            break
-        parts = urlsplit(nxt)
-        bundle_ = loaded.get(f"{parts.path}?{parts.query}").json()
+    seen = [
+        e["resource"]["id"]
+        for page in pages(loaded, f"/fhir/{OBSERVATIONS}&_sort=-date&_count=1")
+        for e in page.get("entry", [])
+    ]
     assert seen == ["obs-4", "obs-3", "obs-1", "obs-2"]
 
 
@@ -308,23 +304,12 @@ def test_paging_thousands_returns_each_match_once(app, loaded):
     # Planner statistics, as autovacuum takes them within a minute of a bulk load: without
     # any, PostgreSQL guesses one row per table and picks quadratic nested loops.
     app.state.database.analyze()
-    seen: list[str] = []
     query = "Observation?subject=Patient/pat-b&value-quantity=ge0&_count=50&_sort=-value-quantity"
-    bundle_ = loaded.get(f"/fhir/{query}").json()
-    assert bundle_["total"] == 2000
-    pages = 0
-    while True:
-        pages += 1
-        seen += [e["resource"]["id"] for e in bundle_.get("entry", [])]
-        nxt = next((link["url"] for link in bundle_["link"] if link["relation"] == "next"), None)
-        if not nxt:
-            break
-        parts = urlsplit(nxt)
-        bundle_ = loaded.get(f"{parts.path}?{parts.query}").json()
-        assert bundle_["total"] == 2000
-    assert pages == 40
+    walked = list(pages(loaded, f"/fhir/{query}"))
+    assert [b["total"] for b in walked] == [2000] * 40
+    seen = [e["resource"]["id"] for b in walked for e in b.get("entry", [])]
     assert len(seen) == len(set(seen)) == 2000
-    values = [e["resource"]["valueQuantity"]["value"] for e in bundle_["entry"]]
+    values = [e["resource"]["valueQuantity"]["value"] for e in walked[-1]["entry"]]
     assert values == list(range(49, -1, -1))  # the last page holds the smallest values
 
 

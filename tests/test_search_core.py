@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 import pytest
 
-from tests.conftest import FHIR_JSON, patient
+from tests.conftest import FHIR_JSON, pages, patient
 
 H = {"Content-Type": FHIR_JSON}
 
@@ -77,16 +75,10 @@ def test_paging_returns_every_match_once(client):
     ids = [client.post("/fhir/Patient", json=patient(), headers=H).json()["id"] for _ in range(11)]
     query = ",".join(ids)
     seen = []
-    bundle = client.get(f"/fhir/Patient?_id={query}&_count=4").json()
-    while True:
+    for bundle in pages(client, f"/fhir/Patient?_id={query}&_count=4"):
         assert bundle["total"] == 11
         seen += [e["resource"]["id"] for e in bundle.get("entry", [])]
-        nxt = next((x["url"] for x in bundle["link"] if x["relation"] == "next"), None)
-        if not nxt:
-            break
-        assert ids[0] not in nxt  # search values never appear in paging links
-        parts = urlsplit(nxt)
-        bundle = client.get(f"{parts.path}?{parts.query}").json()
+        assert all(ids[0] not in link["url"] for link in bundle["link"][1:])  # values stay out
     assert sorted(seen) == sorted(ids)
 
 
