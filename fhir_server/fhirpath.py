@@ -99,6 +99,22 @@ def root_keys(expression: str, resource_type: str) -> frozenset[str] | None:
     return frozenset(keys)
 
 
+def top_level_element(expression: str, resource_type: str) -> str | None:
+    """The one top-level element (JSON name, or choice base) an expression reads, if so."""
+    found = []
+    for term in _split_union(expression):
+        parsed = _parse_term(term.strip())
+        if parsed is None:
+            return None
+        head, steps = parsed
+        if head in (resource_type, "Resource", "DomainResource"):
+            found.append(steps)
+    if len(found) != 1 or len(found[0]) != 1 or found[0][0][0] not in {"child", "typed"}:
+        return None
+    step = found[0][0]
+    return step[1] if step[0] == "child" else step[1] + step[2][0].upper() + step[2][1:]
+
+
 def _split_union(expression: str) -> list[str]:
     return _split_top(expression, "|")
 

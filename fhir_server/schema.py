@@ -142,7 +142,11 @@ search_quantity = _index_table(
     Column("system", String(255)),
     Column("code", String(255)),
     Column("unit", String(255)),
-    indexes=(Index("ix_search_quantity", "type", "param", "code", "value"),),
+    indexes=(
+        Index("ix_search_quantity", "type", "param", "code", "value"),
+        # a code without a system also matches the unit: lets that OR use two index scans
+        Index("ix_search_quantity_unit", "type", "param", "unit", "value"),
+    ),
 )
 search_reference = _index_table(
     "search_reference",

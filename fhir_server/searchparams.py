@@ -14,7 +14,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from .fhirpath import Extractor, compile_expression, root_keys
+from fhir.resources.R4B import get_fhir_model_class
+
+from .fhirpath import Extractor, compile_expression, root_keys, top_level_element
 
 DATA = Path(__file__).parent / "data" / "search-parameters.json"
 INDEXED_TYPES = ("token", "string", "date", "number", "quantity", "reference", "uri")
@@ -32,6 +34,7 @@ class SearchParam:
     targets: tuple[str, ...]
     extract: Extractor
     roots: frozenset[str] | None  # top-level keys it reads; None: always evaluate
+    single: bool  # at most one value per resource (a top-level element with max 1)
 
 
 class Registry:
@@ -81,6 +84,7 @@ class Registry:
                     tuple(definition.get("target", ())),
                     extract,
                     root_keys(definition["expression"], type_),
+                    _single_valued(type_, definition["expression"]),
                 )
         return out
 
@@ -94,3 +98,27 @@ def _base_definitions() -> tuple[dict[str, Any], ...]:
 def base_registry() -> Registry:
     """A registry of the R4B base parameters (each app has its own, to add custom ones)."""
     return Registry(list(_base_definitions()))
+
+
+def _single_valued(type_: str, expression: str) -> bool:
+    """Whether the parameter reads one top-level element of cardinality 0..1 (per the model).
+
+    Then repeated bounds on it (date=ge2020&date=lt2021) may be evaluated on the same value,
+    which lets the database use one range scan instead of intersecting two half-table sets.
+    """
+    name = top_level_element(expression, type_)
+    if name is None:
+        return False
+    try:
+        model = get_fhir_model_class(type_)
+    except ValueError:
+        return False
+    fields = [
+        f
+        for f in model.model_fields.values()
+        if f.alias == name
+        or (
+            isinstance(f.json_schema_extra, dict) and f.json_schema_extra.get("one_of_many") == name
+        )
+    ]
+    return bool(fields) and all("List[" not in str(f.annotation) for f in fields)

@@ -76,6 +76,9 @@ CASES = [
     ("Observation?date=lt2017-03-05T11:00:00Z", ["obs-2"]),
     ("Observation?date=lt2017-03-05T11:00:00%2B02:00", []),
     ("Condition?onset-date=ge2019-09", ["cond-2"]),
+    ("Observation?date=ge2019-06-01&date=lt2019-07-01", ["obs-1", "obs-3"]),
+    ("Observation?date=ge2019-06-01&date=lt2019-06-10", ["obs-3"]),
+    ("Patient?birthdate=ge2012&birthdate=le2015", ["pat-b"]),
     # number
     ("RiskAssessment?probability=0.35", ["ra-1"]),
     ("RiskAssessment?probability=0.4", ["ra-1"]),

@@ -94,11 +94,21 @@ class SearchCompiler:
         max_count: int,
     ) -> Criteria:
         crit = Criteria(count=default_count)
+        bounds = self._bounds(type_, params)
         for name, value in params:
             try:
                 if name in IGNORED:
                     continue
-                if not self._result_parameter(crit, type_, name, value, max_count):
+                if name in bounds:
+                    if bounds[name]:  # the first of the repeats carries all of them
+                        param = self.registry.get(type_, name)
+                        assert param is not None
+                        pks = self._param(type_, param, "", bounds.pop(name), name)
+                        bounds[name] = []
+                        crit.sets.append(pks)
+                        crit.where.append(condition(resource, pks))
+                    crit.applied.append((name, value))
+                elif not self._result_parameter(crit, type_, name, value, max_count):
                     pks = self.pk_set(type_, name, value, 0)
                     crit.sets.append(pks)
                     crit.where.append(condition(resource, pks))
@@ -108,6 +118,15 @@ class SearchCompiler:
                     raise
                 crit.warnings.append(Issue("warning", "not-supported", err.diagnostics, (name,)))
         return crit
+
+    def _bounds(self, type_: str, params: list[tuple[str, str]]) -> dict[str, list[str]]:
+        """Repeated range parameters on a single-valued element: values to test together."""
+        seen: dict[str, list[str]] = {}
+        for name, value in params:
+            param = self.registry.get(type_, name) if ":" not in name else None
+            if param and param.single and param.type in ("date", "number", "quantity"):
+                seen.setdefault(name, []).append(value)
+        return {name: values for name, values in seen.items() if len(values) > 1}
 
     def _result_parameter(
         self, crit: Criteria, type_: str, name: str, value: str, max_count: int
@@ -187,21 +206,25 @@ class SearchCompiler:
             if value not in ("true", "false"):
                 raise InvalidRequest(f"{name} takes true or false", (name,))
             return PkSet(select(table.c.resource_pk).where(*rows), negated=value == "true")
-        values = split_values(value, name)
-        if param.type == "reference":
-            if not reference.modifiers_ok(modifier):
-                raise Unsupported(f"Modifier :{modifier[:32]} is not supported on {param.code}")
-            matches = [
-                reference.match(table, v, modifier, name, self.base, param.targets) for v in values
-            ]
-        else:
-            modifiers, matcher = _MATCHERS[param.type]
-            if modifier not in modifiers:
-                raise Unsupported(f"Modifier :{modifier[:32]} is not supported on {param.code}")
-            matches = [
-                matcher(table, v, "" if modifier == "not" else modifier, name) for v in values
-            ]
-        query = select(table.c.resource_pk).where(*rows, or_(*matches))
+        groups = []
+        for raw in [value] if isinstance(value, str) else value:
+            values = split_values(raw, name)
+            if param.type == "reference":
+                if not reference.modifiers_ok(modifier):
+                    raise Unsupported(f"Modifier :{modifier[:32]} is not supported on {param.code}")
+                matches = [
+                    reference.match(table, v, modifier, name, self.base, param.targets)
+                    for v in values
+                ]
+            else:
+                modifiers, matcher = _MATCHERS[param.type]
+                if modifier not in modifiers:
+                    raise Unsupported(f"Modifier :{modifier[:32]} is not supported on {param.code}")
+                matches = [
+                    matcher(table, v, "" if modifier == "not" else modifier, name) for v in values
+                ]
+            groups.append(or_(*matches))
+        query = select(table.c.resource_pk).where(*rows, *groups)
         return PkSet(query, negated=modifier == "not")
 
     def _on_resource(self, type_: str, code: str, modifier: str, value: str, name: str) -> PkSet:

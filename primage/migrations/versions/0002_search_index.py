@@ -43,7 +43,10 @@ TABLES = {
             ("code", S255, True),
             ("unit", S255, True),
         ],
-        {"ix_search_quantity": (["type", "param", "code", "value"], None)},
+        {
+            "ix_search_quantity": (["type", "param", "code", "value"], None),
+            "ix_search_quantity_unit": (["type", "param", "unit", "value"], None),
+        },
     ),
     "search_reference": (
         [
