@@ -122,6 +122,30 @@ def serve(argv: list[str], env: dict[str, str], port: int) -> Iterator[str]:
         proc.wait(timeout=20)
 
 
+def serve_primage(
+    url: str, data: str, workers: int, *, indexing: bool = True
+) -> contextlib.AbstractContextManager[str]:
+    """`primage serve` on a free port of 127.0.0.1 against `url`; yields its base URL."""
+    port = free_port()
+    env = {
+        "PRIMAGE_DATABASE_URL": url,
+        "PRIMAGE_DATA_DIR": data,
+        "PRIMAGE_LOG_LEVEL": "WARNING",
+        "PRIMAGE_SEARCH_INDEXING": "true" if indexing else "false",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "primage.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
+    return serve(cmd, env, port)
+
+
 @contextlib.contextmanager
 def database(kind: str, pg_url: str) -> Iterator[str]:
     if kind == "sqlite":
@@ -397,26 +421,11 @@ def main() -> None:
             from primage import db
 
             db.upgrade(url)
-            port = free_port()
-            with tempfile.TemporaryDirectory() as data:
-                env = {
-                    "PRIMAGE_DATABASE_URL": url,
-                    "PRIMAGE_DATA_DIR": data,
-                    "PRIMAGE_LOG_LEVEL": "WARNING",
-                    "PRIMAGE_SEARCH_INDEXING": "false" if args.no_index else "true",
-                }
-                cmd = [
-                    sys.executable,
-                    "-m",
-                    "primage.cli",
-                    "serve",
-                    "--port",
-                    str(port),
-                    "--workers",
-                    str(args.workers),
-                ]
-                with serve(cmd, env, port) as base:
-                    p = bench_primage(base, args.n)
+            with (
+                tempfile.TemporaryDirectory() as data,
+                serve_primage(url, data, args.workers, indexing=not args.no_index) as base,
+            ):
+                p = bench_primage(base, args.n)
             port = free_port()
             cmd = [
                 sys.executable,

@@ -32,7 +32,7 @@ from sqlalchemy import create_engine, text
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cohort import PSEUDONYM, bundles, pseudonym
-from fhir_crud import PG_DEFAULT, database, free_port, serve
+from fhir_crud import PG_DEFAULT, database, serve_primage
 
 H = {"Content-Type": "application/fhir+json"}
 LOINC = "http://loinc.org"
@@ -99,37 +99,17 @@ def main() -> None:
 
     from primage import db
 
-    def server(url: str, data: str, indexing: bool):
-        port = free_port()
-        env = {
-            "PRIMAGE_DATABASE_URL": url,
-            "PRIMAGE_DATA_DIR": data,
-            "PRIMAGE_LOG_LEVEL": "WARNING",
-            "PRIMAGE_SEARCH_INDEXING": "true" if indexing else "false",
-        }
-        cmd = [
-            sys.executable,
-            "-m",
-            "primage.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--workers",
-            str(args.workers),
-        ]
-        return serve(cmd, env, port)
-
     with tempfile.TemporaryDirectory() as data:
         with database("postgresql", args.pg_url) as url:
             db.upgrade(url)
-            with server(url, data, indexing=False) as base:
+            with serve_primage(url, data, args.workers, indexing=False) as base:
                 n, secs = load(base, range(sample))
         bare_rate = n / secs
         print(f"ingest without search indexing: {bare_rate:,.0f} res/s ({n:,} resources)")
 
         with database("postgresql", args.pg_url) as url:
             db.upgrade(url)
-            with server(url, data, indexing=True) as base:
+            with serve_primage(url, data, args.workers, indexing=True) as base:
                 n1, s1 = load(base, range(sample))
                 rate = n1 / s1
                 print(

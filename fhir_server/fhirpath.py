@@ -225,16 +225,20 @@ def _op(step: Step) -> Callable[[list[Any]], list[Any]]:
     return _field_equals(step[1], step[2])
 
 
+def _add(out: list[Any], value: Any) -> None:
+    """FHIRPath flattens: a repeating element contributes each of its items."""
+    if isinstance(value, list):
+        out.extend(value)
+    else:
+        out.append(value)
+
+
 def _child_exact(key: str) -> Callable[[list[Any]], list[Any]]:
     def op(nodes: list[Any]) -> list[Any]:
         out: list[Any] = []
         for node in nodes:
             if isinstance(node, dict) and key in node:
-                value = node[key]
-                if isinstance(value, list):
-                    out.extend(value)
-                else:
-                    out.append(value)
+                _add(out, node[key])
         return out
 
     return op
@@ -264,10 +268,7 @@ def _child(name: str) -> Callable[[list[Any]], list[Any]]:
                 )
                 if value is None:
                     continue
-            if isinstance(value, list):
-                out.extend(value)
-            else:
-                out.append(value)
+            _add(out, value)
         return out
 
     return op

@@ -33,20 +33,11 @@ from .paging import PageTokens
 from .repository import Cursor, Repository, Stored, check_id
 from .schema import resource
 from .search import SearchCompiler, sort
+from .search.values import parse_count
 from .searchparams import Registry
 
-# Parameters that system-level search can only evaluate with _type (their index rows are
-# per resource type).
-_NEEDS_TYPE = {
-    "_has",
-    "_tag",
-    "_profile",
-    "_security",
-    "_source",
-    "_sort",
-    "_include",
-    "_revinclude",
-}
+# Parameters whose index rows are per resource type: system search needs _type for them.
+_NEEDS_TYPE = {"_has", "_tag", "_profile", "_security", "_source"}
 
 
 @dataclass(frozen=True)
@@ -323,7 +314,7 @@ class Interactions:
 
     def _search_type(self, repo: Repository, req: Request, r: Route) -> Response:
         assert r.type
-        return self._search(repo, req, [r.type], f"{req.base}/{r.type}")
+        return self._search(repo, req, self._page_state(req), [r.type], f"{req.base}/{r.type}")
 
     def _search_system(self, repo: Repository, req: Request, r: Route) -> Response:
         """Search across types: `_type` names them; without it only _id and _lastUpdated."""
@@ -337,25 +328,23 @@ class Interactions:
                 raise InvalidRequest(
                     f"Unknown _type {unknown[0][:64] if unknown else ''}", ("_type",)
                 )
-            return self._search(repo, req, types, req.base)
+            return self._search(repo, req, state, types, req.base)
         for name, _ in params:
             base = name.partition(":")[0]
-            if not base.startswith("_") or base in {
-                "_has",
-                "_tag",
-                "_profile",
-                "_security",
-                "_source",
-            }:
+            if not base.startswith("_") or base in _NEEDS_TYPE:
                 raise InvalidRequest(
                     f"Searching all types by {name[:64]} needs _type", (name,), code="not-supported"
                 )
-        return self._search(repo, req, None, req.base)
+        return self._search(repo, req, state, None, req.base)
 
     def _search(
-        self, repo: Repository, req: Request, types: list[str] | None, path: str
+        self,
+        repo: Repository,
+        req: Request,
+        state: dict[str, Any] | None,
+        types: list[str] | None,
+        path: str,
     ) -> Response:
-        state = self._page_state(req)
         params = [(k, v) for k, v in (state["params"] if state else req.params) if k != "_type"]
         compiler = SearchCompiler(self.options.registry, req.base)
         # R4B: with several types, every parameter must be common to all of them.
@@ -460,9 +449,7 @@ class Interactions:
                 since = parse_interval(value, "_since")[0]
                 applied.append((name, value))
             elif name == "_count":
-                if not value.isdigit():
-                    raise InvalidRequest("_count must be a non-negative integer", ("_count",))
-                count = min(int(value), self.options.max_count)
+                count = parse_count(value, self.options.max_count)
                 applied.append((name, value))
             elif (
                 name not in {"_format", "_pretty", "_page"}

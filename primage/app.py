@@ -30,8 +30,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     engine = db.make_engine(settings.database(), settings.db_pool_size)
     registry = base_registry()
-    indexer = Indexer(registry) if settings.search_indexing else None
-    database = db.Database(engine, indexer)
+    indexer = Indexer(registry)
+    database = db.Database(engine, indexer if settings.search_indexing else None)
     max_body = settings.fhir_max_body_bytes
     interactions = Interactions(
         PageTokens(settings.secret()),
@@ -48,7 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="primage", version="0.1.0", docs_url="/docs", redoc_url=None)
     app.state.settings = settings
     app.state.database = database
-    app.state.indexer = Indexer(registry)
+    app.state.indexer = indexer
     app.state.fhir = service
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.include_router(

@@ -24,7 +24,7 @@ from ..schema import INDEX_TABLES, resource, search_reference
 from ..searchparams import Registry, SearchParam
 from . import date, number, reference, string, token, uri
 from .sort import parse_sort
-from .values import split_values
+from .values import parse_count, split_values
 
 MAX_DEPTH = 3
 IGNORED = {"_format", "_pretty", "_page"}
@@ -134,9 +134,7 @@ class SearchCompiler:
         if name == "_sort":
             crit.sort = parse_sort(value, type_, self.registry)
         elif name == "_count":
-            if not value.isdigit():
-                raise InvalidRequest("_count must be a non-negative integer", ("_count",))
-            crit.count = min(int(value), max_count)
+            crit.count = parse_count(value, max_count)
         elif name == "_total":
             if value not in {"none", "estimate", "accurate"}:
                 raise InvalidRequest("_total is none, estimate or accurate", ("_total",))

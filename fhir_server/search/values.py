@@ -10,6 +10,13 @@ PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 MAX_OR_VALUES = 100
 
 
+def parse_count(value: str, max_count: int) -> int:
+    """`_count`: a page size, capped at the server's maximum."""
+    if not value.isdigit():
+        raise InvalidRequest("_count must be a non-negative integer", ("_count",))
+    return min(int(value), max_count)
+
+
 def split_values(raw: str, name: str) -> list[str]:
     """Comma-separated alternatives (OR), honouring the \\, escape (R4B search 3.1.1.5.7)."""
     values, current, escaped = [], [], False
