@@ -6,10 +6,15 @@ import logging
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from starlette.middleware.cors import CORSMiddleware
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from dicomweb import api as dicomweb_api
+from dicomweb.errors import DicomWebError
+from dicomweb.qido import tag_hex
+from dicomweb.service import Archive
 from fhir_server import api as fhir_api
 from fhir_server.capability import capability_statement
 from fhir_server.errors import Issue, operation_outcome
@@ -19,7 +24,7 @@ from fhir_server.paging import PageTokens
 from fhir_server.searchparams import base_registry
 from fhir_server.service import FhirService
 
-from . import db
+from . import blobs, db
 from .metrics import Metrics, MetricsMiddleware
 from .settings import Settings
 
@@ -43,6 +48,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ),
     )
     service = FhirService(interactions, database.read, database.write)
+    archive = Archive(
+        database.read,
+        database.write,
+        blobs.from_settings(settings),
+        duplicates=settings.dicom_duplicates,
+        max_results=settings.qido_max_results,
+        extra_tags={kw: tag_hex(kw) for kw in settings.dicom_extra_query_tags},
+        patient_system=settings.dicom_patient_id_system,
+    )
     metrics = Metrics()
 
     app = FastAPI(title="primage", version="0.1.0", docs_url="/docs", redoc_url=None)
@@ -50,10 +64,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.database = database
     app.state.indexer = indexer
     app.state.fhir = service
+    app.state.archive = archive
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=["*"],
+            expose_headers=["Warning", "Location", "Content-Location", "ETag", "Last-Modified"],
+        )
     app.include_router(
         fhir_api.build_router(service, max_body_bytes=max_body, base_url=settings.base_url)
     )
+    app.include_router(dicomweb_api.build_router(archive, settings.dicomweb_base_url))
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> Response:
@@ -64,6 +88,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
 
     app.add_api_route("/metrics", metrics.endpoint, include_in_schema=False)
+
+    @app.exception_handler(DicomWebError)
+    async def dicomweb_error(request: Request, exc: DicomWebError) -> Response:
+        return dicomweb_api.error_response(exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:

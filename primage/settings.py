@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
+from typing import Literal
 
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -26,10 +27,31 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     db_pool_size: int = 10
 
+    # DICOMweb archive
+    dicomweb_base_url: str | None = None  # public base, e.g. https://primage.example.org/dicomweb
+    blob_store: Literal["file", "s3"] = "file"
+    blob_dir: Path | None = None  # default: {data_dir}/blobs
+    blob_fsync: bool = True  # a blob is on disk before its index row commits
+    s3_endpoint_url: str | None = None
+    s3_bucket: str = "primage"
+    s3_region: str = "us-east-1"
+    s3_access_key_id: SecretStr | None = None
+    s3_secret_access_key: SecretStr | None = None
+    dicom_duplicates: Literal["reject", "replace"] = "reject"  # same SOP UID, other bytes
+    qido_max_results: int = 1000
+    # Further attributes QIDO can match on (keywords); `primage dicom reindex` fills them in
+    # for instances stored before they were added.
+    dicom_extra_query_tags: list[str] = []
+    dicom_patient_id_system: str = "urn:primage:patient-id"  # Patient.identifier for PatientID
+    cors_origins: list[str] = []  # browser viewers allowed to call the API
+
     def database(self) -> str:
         if self.database_url is not None:
             return self.database_url.get_secret_value()
         return f"sqlite:///{self.data_dir / 'primage.db'}"
+
+    def blob_path(self) -> Path:
+        return self.blob_dir or self.data_dir / "blobs"
 
     def secret(self) -> bytes:
         """The server secret; generated once into the data dir so every worker shares it."""

@@ -1,0 +1,182 @@
+"""One stored SOP instance: read a Part 10 file, check it, and derive its index row and metadata.
+
+Everything QIDO and WADO metadata need is computed here, once, at STOW time.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from pydicom import Dataset, dcmread
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
+
+from .errors import Failure
+
+BULK_THRESHOLD = 1024
+BASE = "{base}"  # replaced by the request's DICOMweb base URL when metadata is served
+UNDEFINED = 0xFFFFFFFF
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """A parsed, checked instance: its UIDs, index attributes and DICOM JSON metadata."""
+
+    dataset: Dataset
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+
+    @property
+    def path(self) -> str:
+        return f"studies/{self.study_uid}/series/{self.series_uid}/instances/{self.sop_uid}"
+
+
+def read(path: Path) -> Dataset:
+    """Reads a Part 10 file, refusing what is not DICOM or ends early (pydicom reads leniently)."""
+    try:
+        dataset = dcmread(path)
+    except (InvalidDicomError, EOFError, ValueError, KeyError, OSError) as exc:
+        raise Failure.cannot_understand(f"not a DICOM Part 10 file ({type(exc).__name__})") from exc
+    size = os.path.getsize(path)
+    for tag in list(dataset.keys()):
+        raw = dataset.get_item(tag)
+        if (
+            isinstance(raw, RawDataElement)
+            and raw.length != UNDEFINED
+            and raw.value_tell + raw.length > size
+        ):
+            raise Failure.cannot_understand(f"truncated: element {tag} ends after the file")
+    return dataset
+
+
+def check(dataset: Dataset) -> Instance:
+    """The UIDs a stored instance must have (PS3.18 10.5: else 0xA900 / 0xC000)."""
+    meta = getattr(dataset, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if not syntax:
+        raise Failure.cannot_understand("no Transfer Syntax UID in the file meta information")
+    uids = {}
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
+        try:
+            value = dataset.get(keyword)
+        except Exception as exc:
+            raise Failure.cannot_understand(f"{keyword} cannot be read") from exc
+        if not value or not UID(str(value)).is_valid:
+            raise Failure.mismatch(f"{keyword} is missing or not a valid UID")
+        uids[keyword] = str(value)
+    _check_pixel_length(dataset, UID(str(syntax)))
+    return Instance(
+        dataset,
+        uids["StudyInstanceUID"],
+        uids["SeriesInstanceUID"],
+        uids["SOPInstanceUID"],
+        uids["SOPClassUID"],
+        str(syntax),
+    )
+
+
+def _check_pixel_length(dataset: Dataset, syntax: UID) -> None:
+    if "PixelData" not in dataset or syntax.is_compressed:
+        return
+    try:
+        expected = (
+            int(dataset.Rows)
+            * int(dataset.Columns)
+            * int(dataset.get("SamplesPerPixel", 1))
+            * int(dataset.BitsAllocated)
+            * frames(dataset)
+            + 7
+        ) // 8
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise Failure.mismatch("pixel data without valid Rows/Columns/BitsAllocated") from exc
+    actual = len(dataset.PixelData)
+    if actual < expected:
+        raise Failure.cannot_understand(f"pixel data is {actual} bytes, expected {expected}")
+
+
+def frames(dataset: Dataset) -> int:
+    try:
+        return max(1, int(dataset.get("NumberOfFrames") or 1))
+    except (TypeError, ValueError):
+        return 1
+
+
+def metadata(instance: Instance) -> bytes:
+    """DICOM JSON (PS3.18 F.2) with bulk data (pixel data, large binaries) as BulkDataURIs."""
+    prefix = f"{BASE}/{instance.path}/bulkdata/"
+
+    def bulk(element: DataElement) -> str:
+        return f"{prefix}{element.tag:08X}"
+
+    document: dict[str, Any] = instance.dataset.to_json_dict(BULK_THRESHOLD, bulk)
+    # Which syntax a client gets with transfer-syntax=* (PS3.18 F.2: Available Transfer Syntax)
+    document["00083002"] = {"vr": "UI", "Value": [instance.transfer_syntax]}
+    return orjson.dumps(dict(sorted(document.items())))
+
+
+def index_values(dataset: Dataset) -> dict[str, dict[str, Any]]:
+    """Column values for the study, series and instance rows (None where absent)."""
+
+    def text(keyword: str, limit: int = 64) -> str | None:
+        value = dataset.get(keyword)
+        if value is None or value == "":
+            return None
+        if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+            value = "\\".join(str(v) for v in value)
+        return str(value)[:limit]
+
+    def number(keyword: str) -> int | None:
+        value = dataset.get(keyword)
+        try:
+            return int(value) if value not in (None, "") else None
+        except (TypeError, ValueError):
+            return None
+
+    patient_name = text("PatientName", 324)
+    referring = text("ReferringPhysicianName", 324)
+    return {
+        "study": {
+            "patient_id": text("PatientID"),
+            "patient_name": patient_name,
+            "patient_name_key": name_key(patient_name),
+            "patient_birth_date": text("PatientBirthDate", 8),
+            "patient_sex": text("PatientSex", 16),
+            "study_date": text("StudyDate", 8),
+            "study_time": text("StudyTime", 16),
+            "accession_number": text("AccessionNumber"),
+            "study_id": text("StudyID", 16),
+            "referring_physician_name": referring,
+            "referring_physician_key": name_key(referring),
+            "study_description": text("StudyDescription"),
+        },
+        "series": {
+            "modality": text("Modality", 16),
+            "series_number": number("SeriesNumber"),
+            "series_description": text("SeriesDescription"),
+            "body_part": text("BodyPartExamined", 16),
+            "pps_start_date": text("PerformedProcedureStepStartDate", 8),
+            "pps_start_time": text("PerformedProcedureStepStartTime", 16),
+        },
+        "instance": {
+            "instance_number": number("InstanceNumber"),
+            "rows": number("Rows"),
+            "columns": number("Columns"),
+            "bits_allocated": number("BitsAllocated"),
+            "number_of_frames": number("NumberOfFrames"),
+        },
+    }
+
+
+def name_key(name: str | None) -> str | None:
+    """Person names upper-cased with component separators as spaces: 'DOE^JANE' -> 'DOE JANE'."""
+    if name is None:
+        return None
+    return " ".join(name.upper().replace("^", " ").replace("=", " ").split())

@@ -1,0 +1,195 @@
+"""The DICOM archive as one object: STOW, QIDO, WADO and delete over the index and blobs.
+
+HTTP-free: the API module turns requests into these calls and results into responses.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from starlette.concurrency import run_in_threadpool
+
+from fhir_server.repository import Repository
+
+from . import imaging_study, qido, store
+from .blobs import BlobStore
+from .errors import BadRequest, Failure
+from .schema import dicom_instance
+from .stow import Outcome, Receiver, Transform, boundary_of, prepare
+
+log = logging.getLogger("primage.dicomweb")
+
+
+@dataclass
+class StoreResult:
+    outcomes: list[Outcome]
+
+    @property
+    def status(self) -> int:
+        stored = sum(1 for o in self.outcomes if o.failure is None)
+        if stored == len(self.outcomes):
+            return 200
+        return 202 if stored else 409
+
+
+@dataclass
+class Archive:
+    read: Callable[[], AbstractContextManager[Repository]]
+    write: Callable[[], AbstractContextManager[Repository]]
+    blobs: BlobStore
+    duplicates: store.DuplicatePolicy = "reject"
+    max_results: int = 1000
+    extra_tags: dict[str, str] = field(default_factory=dict)  # keyword -> GGGGEEEE
+    patient_system: str = "urn:primage:patient-id"
+    transform: Transform | None = None
+    batch: int = 64
+
+    # --- STOW ---------------------------------------------------------------------------------
+
+    async def store(
+        self,
+        body: AsyncIterator[bytes],
+        content_type: str | None,
+        study_uid: str | None,
+        base: str,
+    ) -> StoreResult:
+        receiver = Receiver(self.blobs, boundary_of(content_type))
+        outcomes: list[Outcome] = []
+        waiting: list[Outcome] = []
+        try:
+            async for chunk in body:
+                receiver.feed(chunk)
+                if done := receiver.take():
+                    prepared = await run_in_threadpool(self._prepare, done, study_uid)
+                    outcomes += prepared
+                    waiting += [o for o in prepared if o.prepared]
+                    if len(waiting) >= self.batch:
+                        await run_in_threadpool(self._commit, waiting, base)
+                        waiting = []
+            receiver.close()
+        except BaseException:
+            receiver.discard()
+            if waiting:  # what was read completely before the fault is still stored
+                await run_in_threadpool(self._commit, waiting, base)
+            raise
+        if waiting:
+            await run_in_threadpool(self._commit, waiting, base)
+        if not outcomes:
+            raise BadRequest("The multipart body has no parts")
+        return StoreResult(outcomes)
+
+    def _prepare(self, done: list[Any], study_uid: str | None) -> list[Outcome]:
+        return [
+            prepare(self.blobs, part, study_uid, self.transform, self.extra_tags) for part in done
+        ]
+
+    def _commit(self, waiting: list[Outcome], base: str) -> None:
+        items = [o.prepared for o in waiting if o.prepared is not None]
+        for attempt in (1, 2):
+            try:
+                with self.write() as repo:
+                    saved, refused, touched = store.save(repo.conn, items, self.duplicates)
+                    for study_pk in touched:
+                        imaging_study.sync(repo, study_pk, base, self.patient_system)
+                break
+            except IntegrityError:
+                if attempt == 2:  # a concurrent writer won twice: report, don't guess
+                    self._fail(waiting, Failure(Failure.PROCESSING_FAILURE, "concurrent write"))
+                    return
+            except Failure as failure:
+                self._fail(waiting, failure)
+                return
+            except Exception:
+                log.exception("STOW commit failed")
+                self._fail(waiting, Failure(Failure.PROCESSING_FAILURE, "database error"))
+                return
+        reasons = {id(p): failure for p, failure in refused}
+        for outcome in waiting:
+            if id(outcome.prepared) in reasons:
+                outcome.failure = reasons[id(outcome.prepared)]
+        replaced = [s.replaced_blob for s in saved if s.replaced_blob]
+        self._drop_blobs([p.blob for p, _ in refused] + replaced)
+
+    def _fail(self, waiting: list[Outcome], failure: Failure) -> None:
+        for outcome in waiting:
+            outcome.failure = failure
+        self._drop_blobs([o.prepared.blob for o in waiting if o.prepared is not None])
+
+    def _drop_blobs(self, keys: Sequence[str]) -> None:
+        if not keys:
+            return
+        with self.read() as repo:
+            orphans = store.unreferenced(repo.conn, keys)
+        for key in orphans:
+            self.blobs.delete(key)
+
+    # --- QIDO ---------------------------------------------------------------------------------
+
+    def search(
+        self,
+        level: qido.Level,
+        params: Sequence[tuple[str, str]],
+        scope: Mapping[str, str],
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        query = qido.parse(level, params, tuple(self.extra_tags))
+        with self.read() as repo:
+            if scope:
+                store.scope(repo.conn, scope["StudyInstanceUID"], scope.get("SeriesInstanceUID"))
+            found, cut = qido.run(repo.conn, query, scope, self.max_results)
+        warnings = []
+        if query.ignored:
+            names = ", ".join(query.ignored)
+            warnings.append(f"Not supported as matching keys, ignored: {names}")
+        if cut:
+            warnings.append(qido.TRUNCATED)
+        return found, warnings
+
+    # --- WADO ---------------------------------------------------------------------------------
+
+    def rows(self, study: str, series: str | None = None, instance: str | None = None) -> list[Any]:
+        with self.read() as repo:
+            clause = store.scope(repo.conn, study, series, instance)
+            return store.instances(
+                repo.conn,
+                clause,
+                dicom_instance.c.sop_uid,
+                dicom_instance.c.blob,
+                dicom_instance.c.transfer_syntax,
+                dicom_instance.c.number_of_frames,
+            )
+
+    def metadata(
+        self, study: str, series: str | None = None, instance: str | None = None
+    ) -> list[bytes]:
+        with self.read() as repo:
+            clause = store.scope(repo.conn, study, series, instance)
+            return [
+                row.metadata
+                for row in store.instances(repo.conn, clause, dicom_instance.c.metadata)
+            ]
+
+    # --- delete -------------------------------------------------------------------------------
+
+    def delete(self, study: str, series: str | None, instance: str | None, base: str) -> int:
+        now = datetime.now(UTC)
+        with self.write() as repo:
+            conn = repo.conn
+            clause = store.scope(conn, study, series, instance)
+            count = len(conn.execute(select(dicom_instance.c.pk).where(clause)).all())
+            keys, studies = store.remove(conn, clause)
+            store.refresh_counts(conn, studies, now)
+            gone = store.drop_empty_studies(conn, studies)
+            for uid in gone.values():
+                imaging_study.remove(repo, uid)
+            for study_pk in studies - set(gone):
+                imaging_study.sync(repo, study_pk, base, self.patient_system)
+        for key in keys:
+            self.blobs.delete(key)
+        return count

@@ -1,0 +1,296 @@
+"""The archive's index: writes of checked instances and the lookups WADO and delete need.
+
+Works on a FHIR `Repository`'s connection so that index rows and the ImagingStudy the
+study maps to commit in one transaction. Blobs are committed by the caller before `save`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from .errors import Failure, NotFound
+from .schema import dicom_instance, dicom_series, dicom_study, dicom_tag
+
+DuplicatePolicy = Literal["reject", "replace"]
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """An instance ready to index: blob committed, metadata and index values computed."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    blob: str
+    size: int
+    metadata: bytes
+    values: dict[str, dict[str, Any]]
+    tags: dict[str, str]  # extended query tags: GGGGEEEE -> value
+
+
+@dataclass(frozen=True, slots=True)
+class Saved:
+    prepared: Prepared
+    replaced_blob: str | None = None  # a blob no longer referenced after a replace
+
+
+def _insert(conn: Connection) -> Any:
+    return pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+
+
+def save(
+    conn: Connection, items: list[Prepared], policy: DuplicatePolicy
+) -> tuple[list[Saved], list[tuple[Prepared, Failure]], set[int]]:
+    """Index `items`; returns (stored, refused, pks of the studies touched)."""
+    now = datetime.now(UTC)
+    existing = {
+        row.sop_uid: row
+        for row in conn.execute(
+            select(dicom_instance.c.pk, dicom_instance.c.sop_uid, dicom_instance.c.blob).where(
+                dicom_instance.c.sop_uid.in_([p.sop_uid for p in items])
+            )
+        )
+    }
+    stored: list[Saved] = []
+    refused: list[tuple[Prepared, Failure]] = []
+    fresh: list[tuple[Prepared, str | None]] = []
+    seen: set[str] = set()
+    for item in items:
+        old = existing.get(item.sop_uid)
+        if item.sop_uid in seen:
+            refused.append((item, Failure(Failure.DUPLICATE_SOP_INSTANCE, "twice in one request")))
+            continue
+        seen.add(item.sop_uid)
+        if old is None:
+            fresh.append((item, None))
+        elif old.blob == item.blob:
+            stored.append(Saved(item))  # the same bytes again: nothing to do
+        elif policy == "replace":
+            _delete_instances(conn, [old.pk])
+            fresh.append((item, old.blob))
+        else:
+            refused.append(
+                (
+                    item,
+                    Failure(
+                        Failure.DUPLICATE_SOP_INSTANCE,
+                        "SOP Instance already stored with different content",
+                    ),
+                )
+            )
+    studies = _study_pks(conn, [p for p, _ in fresh], now)
+    series = _series_pks(conn, [p for p, _ in fresh], studies)
+    if fresh:
+        rows = [
+            {
+                "study_pk": studies[p.study_uid],
+                "series_pk": series[p.series_uid],
+                "sop_uid": p.sop_uid,
+                "sop_class_uid": p.sop_class_uid,
+                "transfer_syntax": p.transfer_syntax,
+                "blob": p.blob,
+                "size": p.size,
+                "metadata": p.metadata,
+                "stored": now,
+                **p.values["instance"],
+            }
+            for p, _ in fresh
+        ]
+        pks = (
+            conn.execute(
+                insert(dicom_instance).returning(dicom_instance.c.pk, sort_by_parameter_order=True),
+                rows,
+            )
+            .scalars()
+            .all()
+        )
+        tag_rows = [
+            {"instance_pk": pk, "tag": tag, "value": value[:255]}
+            for pk, (p, _) in zip(pks, fresh, strict=True)
+            for tag, value in p.tags.items()
+        ]
+        if tag_rows:
+            conn.execute(insert(dicom_tag), tag_rows)
+        stored.extend(Saved(p, old) for p, old in fresh)
+    touched = set(studies.values())
+    refresh_counts(conn, touched, now)
+    return stored, refused, touched
+
+
+def _study_pks(conn: Connection, items: list[Prepared], now: datetime) -> dict[str, int]:
+    """The studies' pks, inserting rows for new studies (a concurrent insert is not an error)."""
+    first: dict[str, Prepared] = {}
+    for p in items:
+        first.setdefault(p.study_uid, p)
+    if not first:
+        return {}
+    for uid, p in first.items():
+        conn.execute(
+            _insert(conn)(dicom_study).on_conflict_do_nothing(),
+            {
+                "study_uid": uid,
+                "num_series": 0,
+                "num_instances": 0,
+                "updated": now,
+                **p.values["study"],
+            },
+        )
+    return dict(
+        conn.execute(
+            select(dicom_study.c.study_uid, dicom_study.c.pk).where(
+                dicom_study.c.study_uid.in_(list(first))
+            )
+        ).all()
+    )
+
+
+def _series_pks(conn: Connection, items: list[Prepared], studies: dict[str, int]) -> dict[str, int]:
+    first: dict[str, Prepared] = {}
+    for p in items:
+        first.setdefault(p.series_uid, p)
+    if not first:
+        return {}
+    for uid, p in first.items():
+        conn.execute(
+            _insert(conn)(dicom_series).on_conflict_do_nothing(),
+            {
+                "study_pk": studies[p.study_uid],
+                "series_uid": uid,
+                "num_instances": 0,
+                **p.values["series"],
+            },
+        )
+    rows = conn.execute(
+        select(dicom_series.c.series_uid, dicom_series.c.pk, dicom_series.c.study_pk).where(
+            dicom_series.c.series_uid.in_(list(first))
+        )
+    ).all()
+    for uid, _, study_pk in rows:
+        if study_pk != studies[first[uid].study_uid]:
+            raise Failure.mismatch("Series Instance UID already belongs to another study")
+    return {uid: pk for uid, pk, _ in rows}
+
+
+def refresh_counts(conn: Connection, study_pks: Iterable[int], now: datetime) -> None:
+    """Series/instance counts and ModalitiesInStudy, recomputed for the studies touched."""
+    for study_pk in study_pks:
+        per_series = conn.execute(
+            select(dicom_series.c.pk, dicom_series.c.modality, func.count(dicom_instance.c.pk))
+            .select_from(dicom_series.outerjoin(dicom_instance))
+            .where(dicom_series.c.study_pk == study_pk)
+            .group_by(dicom_series.c.pk, dicom_series.c.modality)
+        ).all()
+        for series_pk, _, count in per_series:
+            conn.execute(
+                update(dicom_series).where(dicom_series.c.pk == series_pk),
+                {"num_instances": count},
+            )
+        live = [(m, n) for _, m, n in per_series if n]
+        conn.execute(
+            update(dicom_study).where(dicom_study.c.pk == study_pk),
+            {
+                "num_series": len(live),
+                "num_instances": sum(n for _, n in live),
+                "modalities": "\\".join(sorted({m for m, _ in live if m})) or None,
+                "updated": now,
+            },
+        )
+
+
+# --- lookups for WADO and delete ---------------------------------------------------------
+
+
+def scope(
+    conn: Connection, study: str, series: str | None = None, instance: str | None = None
+) -> Any:
+    """A WHERE clause on dicom_instance for the addressed study/series/instance; 404 if none."""
+    query = select(dicom_study.c.pk).where(dicom_study.c.study_uid == study)
+    study_pk = conn.execute(query).scalar()
+    if study_pk is None:
+        raise NotFound("Study not found")
+    clause = dicom_instance.c.study_pk == study_pk
+    if series is not None:
+        series_pk = conn.execute(
+            select(dicom_series.c.pk).where(
+                dicom_series.c.series_uid == series, dicom_series.c.study_pk == study_pk
+            )
+        ).scalar()
+        if series_pk is None:
+            raise NotFound("Series not found in this study")
+        clause = dicom_instance.c.series_pk == series_pk
+        if instance is not None:
+            clause = clause & (dicom_instance.c.sop_uid == instance)
+    return clause
+
+
+def ordered(query: Any) -> Any:
+    return query.join(dicom_series, dicom_series.c.pk == dicom_instance.c.series_pk).order_by(
+        dicom_series.c.series_number,
+        dicom_series.c.pk,
+        dicom_instance.c.instance_number,
+        dicom_instance.c.pk,
+    )
+
+
+def instances(conn: Connection, clause: Any, *columns: Any) -> list[Any]:
+    rows = conn.execute(ordered(select(*columns).select_from(dicom_instance).where(clause))).all()
+    if not rows:
+        raise NotFound("Instance not found")
+    return rows
+
+
+def unreferenced(conn: Connection, keys: Iterable[str]) -> list[str]:
+    """The blob keys among `keys` that no instance row names."""
+    keys = set(keys)
+    used = set(
+        conn.execute(select(dicom_instance.c.blob).where(dicom_instance.c.blob.in_(keys))).scalars()
+    )
+    return sorted(keys - used)
+
+
+def remove(conn: Connection, clause: Any) -> tuple[list[str], set[int]]:
+    """Deletes the instances under `clause`, and series/studies left empty.
+
+    Returns the blob keys no longer referenced (to delete after commit) and the touched
+    study pks (to refresh their counts and ImagingStudy)."""
+    rows = conn.execute(
+        select(dicom_instance.c.pk, dicom_instance.c.blob, dicom_instance.c.study_pk).where(clause)
+    ).all()
+    if not rows:
+        raise NotFound("Instance not found")
+    _delete_instances(conn, [r.pk for r in rows])
+    studies = {r.study_pk for r in rows}
+    empty_series = select(dicom_series.c.pk).where(
+        dicom_series.c.study_pk.in_(studies),
+        ~select(dicom_instance.c.pk)
+        .where(dicom_instance.c.series_pk == dicom_series.c.pk)
+        .exists(),
+    )
+    conn.execute(delete(dicom_series).where(dicom_series.c.pk.in_(empty_series)))
+    return unreferenced(conn, {r.blob for r in rows}), studies
+
+
+def _delete_instances(conn: Connection, pks: list[int]) -> None:
+    conn.execute(delete(dicom_tag).where(dicom_tag.c.instance_pk.in_(pks)))
+    conn.execute(delete(dicom_instance).where(dicom_instance.c.pk.in_(pks)))
+
+
+def drop_empty_studies(conn: Connection, study_pks: Iterable[int]) -> dict[int, str]:
+    """Deletes studies without instances; returns their pks and UIDs."""
+    rows = conn.execute(
+        select(dicom_study.c.pk, dicom_study.c.study_uid).where(
+            dicom_study.c.pk.in_(list(study_pks)), dicom_study.c.num_instances == 0
+        )
+    ).all()
+    if rows:
+        conn.execute(delete(dicom_study).where(dicom_study.c.pk.in_([r.pk for r in rows])))
+    return {r.pk: r.study_uid for r in rows}

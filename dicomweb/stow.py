@@ -1,0 +1,209 @@
+"""STOW-RS (PS3.18 10.5): a streamed multipart/related body in, one outcome per instance out.
+
+Each part is spooled to a blob writer as it arrives (the body is never held in memory),
+then read and checked by pydicom, passed through the `Transform` (where the
+pseudonymisation gateway sits), committed to the blob store and indexed. A bad part is
+refused on its own with a Failure Reason; the others are stored.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom import Dataset, dcmwrite
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser
+
+from . import instance as parts
+from .blobs import BlobStore, BlobWriter
+from .errors import BadRequest, Failure, UnsupportedMedia
+from .negotiation import parse_media_type
+from .store import Prepared
+
+log = logging.getLogger("primage.dicomweb")
+
+# A dataset transformation between parsing and storing (e.g. de-identification). It returns
+# the dataset to store; raising Failure refuses the instance.
+Transform = Callable[[Dataset], Dataset]
+
+
+@dataclass
+class Outcome:
+    """What became of one part: stored (prepared) or refused (failure)."""
+
+    prepared: Prepared | None = None
+    failure: Failure | None = None
+    sop_class_uid: str | None = None
+    sop_uid: str | None = None
+
+
+def boundary_of(content_type: str | None) -> str:
+    media, params = parse_media_type(content_type or "")
+    if media != "multipart/related":
+        raise UnsupportedMedia('STOW-RS takes multipart/related; type="application/dicom"')
+    part_type = params.get("type", "application/dicom").lower()
+    if part_type != "application/dicom":
+        raise UnsupportedMedia(
+            f"Parts of type {part_type[:64]} are not supported; send application/dicom"
+        )
+    boundary = params.get("boundary")
+    if not boundary:
+        raise BadRequest("The multipart/related Content-Type has no boundary")
+    return boundary
+
+
+@dataclass
+class _Part:
+    writer: BlobWriter
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class Receiver:
+    """Feeds request-body chunks to a multipart parser, spooling each part to a blob writer."""
+
+    def __init__(self, blobs: BlobStore, boundary: str) -> None:
+        self.blobs = blobs
+        self.finished: list[_Part] = []
+        self._current: _Part | None = None
+        self._field = b""
+        self._value = b""
+        self._parser = MultipartParser(
+            boundary,
+            {
+                "on_part_begin": self._begin,
+                "on_part_data": self._data,
+                "on_part_end": self._end,
+                "on_header_field": self._header_field,
+                "on_header_value": self._header_value,
+                "on_header_end": self._header_end,
+            },
+        )
+        self.ended = False
+        self._parser.callbacks["on_end"] = self._on_end
+
+    def _on_end(self) -> None:
+        self.ended = True
+
+    def feed(self, chunk: bytes) -> None:
+        try:
+            self._parser.write(chunk)
+        except MultipartParseError as exc:
+            self.discard()
+            raise BadRequest(f"Malformed multipart body ({exc})") from exc
+
+    def close(self) -> None:
+        if self._current is not None or not self.ended:
+            self.discard()
+            raise BadRequest("The multipart body ended before its closing boundary")
+
+    def discard(self) -> None:
+        for part in [*self.finished, *([self._current] if self._current else [])]:
+            part.writer.discard()
+        self.finished.clear()
+        self._current = None
+
+    def _begin(self) -> None:
+        self._current = _Part(self.blobs.writer())
+
+    def _data(self, data: bytes, start: int, end: int) -> None:
+        assert self._current is not None
+        self._current.writer.write(memoryview(data)[start:end])
+
+    def _end(self) -> None:
+        assert self._current is not None
+        self._current.writer.close()
+        self.finished.append(self._current)
+        self._current = None
+
+    def _header_field(self, data: bytes, start: int, end: int) -> None:
+        self._field += data[start:end]
+
+    def _header_value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+
+    def _header_end(self) -> None:
+        assert self._current is not None
+        name = self._field.decode("latin-1").strip().lower()
+        self._current.headers[name] = self._value.decode("latin-1").strip()
+        self._field = self._value = b""
+
+    def take(self) -> list[_Part]:
+        done, self.finished = self.finished, []
+        return done
+
+
+def prepare(
+    blobs: BlobStore,
+    part: _Part,
+    study_uid: str | None,
+    transform: Transform | None,
+    extra_tags: dict[str, str],
+) -> Outcome:
+    """Check one spooled part and commit its blob; never raises for a bad instance."""
+    outcome = Outcome()
+    writer = part.writer
+    try:
+        media, _ = parse_media_type(part.headers.get("content-type", "application/dicom"))
+        if media != "application/dicom":
+            raise Failure.cannot_understand(f"part of type {media[:64]}, not application/dicom")
+        dataset = parts.read(writer.path)
+        checked = parts.check(dataset)
+        outcome.sop_class_uid, outcome.sop_uid = checked.sop_class_uid, checked.sop_uid
+        if study_uid is not None and checked.study_uid != study_uid:
+            raise Failure(Failure.STUDY_UID_MISMATCH, "instance of another study than the URL's")
+        if transform is not None:
+            dataset = transform(dataset)
+            writer = _rewrite(blobs, writer, dataset)
+            checked = parts.check(dataset)
+            outcome.sop_class_uid, outcome.sop_uid = checked.sop_class_uid, checked.sop_uid
+        document = parts.metadata(checked)
+        key = blobs.commit(writer)
+        outcome.prepared = Prepared(
+            study_uid=checked.study_uid,
+            series_uid=checked.series_uid,
+            sop_uid=checked.sop_uid,
+            sop_class_uid=checked.sop_class_uid,
+            transfer_syntax=checked.transfer_syntax,
+            blob=key,
+            size=writer.size,
+            metadata=document,
+            values=parts.index_values(dataset),
+            tags=_tag_values(dataset, extra_tags),
+        )
+    except Failure as failure:
+        writer.discard()
+        outcome.failure = failure
+    except Exception as exc:  # a dataset pydicom chokes on is refused, not a 500
+        writer.discard()
+        log.warning("STOW part refused: %s", type(exc).__name__)
+        outcome.failure = Failure(
+            Failure.PROCESSING_FAILURE, f"cannot process ({type(exc).__name__})"
+        )
+    return outcome
+
+
+def _rewrite(blobs: BlobStore, old: BlobWriter, dataset: Dataset) -> BlobWriter:
+    old.discard()
+    buffer = io.BytesIO()
+    dcmwrite(buffer, dataset, enforce_file_format=True)
+    writer = blobs.writer()
+    writer.write(buffer.getbuffer())
+    writer.close()
+    return writer
+
+
+def _tag_values(dataset: Dataset, tags: dict[str, str]) -> dict[str, str]:
+    out = {}
+    for keyword, tag in tags.items():
+        value: Any = dataset.get(keyword)
+        if value not in (None, ""):
+            out[tag] = (
+                "\\".join(map(str, value))
+                if not isinstance(value, str) and hasattr(value, "__iter__")
+                else str(value)
+            )
+    return out
