@@ -39,10 +39,21 @@ class Instance:
         return f"studies/{self.study_uid}/series/{self.series_uid}/instances/{self.sop_uid}"
 
 
-def read(path: Path) -> Dataset:
-    """Reads a Part 10 file, refusing what is not DICOM or ends early (pydicom reads leniently)."""
+def read(path: Path) -> tuple[Dataset, bool]:
+    """Reads a Part 10 file, refusing what is not DICOM or ends early (pydicom reads leniently).
+
+    Also accepts a dataset with file meta information but no preamble and 'DICM' prefix
+    (what `pydicom.dcmwrite` writes by default); the bool says whether the file was a
+    conformant Part 10 file, so the caller can store a normalised copy instead."""
+    conformant = True
     try:
-        dataset = dcmread(path)
+        try:
+            dataset = dcmread(path)
+        except InvalidDicomError:
+            conformant = False
+            dataset = dcmread(path, force=True)
+            if "TransferSyntaxUID" not in getattr(dataset, "file_meta", {}):
+                raise
     except (InvalidDicomError, EOFError, ValueError, KeyError, OSError) as exc:
         raise Failure.cannot_understand(f"not a DICOM Part 10 file ({type(exc).__name__})") from exc
     size = os.path.getsize(path)
@@ -54,7 +65,7 @@ def read(path: Path) -> Dataset:
             and raw.value_tell + raw.length > size
         ):
             raise Failure.cannot_understand(f"truncated: element {tag} ends after the file")
-    return dataset
+    return dataset, conformant
 
 
 def check(dataset: Dataset) -> Instance:

@@ -150,13 +150,19 @@ def prepare(
         media, _ = parse_media_type(part.headers.get("content-type", "application/dicom"))
         if media != "application/dicom":
             raise Failure.cannot_understand(f"part of type {media[:64]}, not application/dicom")
-        dataset = parts.read(writer.path)
-        checked = parts.check(dataset)
+        try:
+            dataset, conformant = parts.read(writer.path)
+            checked = parts.check(dataset)
+        except Failure:
+            raise
+        except Exception as exc:  # pydicom choking on a malformed file
+            raise Failure.cannot_understand(f"unreadable ({type(exc).__name__})") from exc
         outcome.sop_class_uid, outcome.sop_uid = checked.sop_class_uid, checked.sop_uid
         if study_uid is not None and checked.study_uid != study_uid:
             raise Failure(Failure.STUDY_UID_MISMATCH, "instance of another study than the URL's")
         if transform is not None:
             dataset = transform(dataset)
+        if transform is not None or not conformant:
             writer = _rewrite(blobs, writer, dataset)
             checked = parts.check(dataset)
             outcome.sop_class_uid, outcome.sop_uid = checked.sop_class_uid, checked.sop_uid
