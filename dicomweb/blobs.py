@@ -53,6 +53,8 @@ class BlobStore(Protocol):
 
     def open(self, key: str) -> BinaryIO: ...
 
+    def read_range(self, key: str, offset: int, length: int) -> bytes: ...
+
     def local_path(self, key: str) -> Path | None:
         """A path that can be read directly (sendfile, pydicom), when the store has one."""
         ...
@@ -68,6 +70,7 @@ class FileBlobStore:
         self.tmp = root / "tmp"
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.fsync = fsync
+        self._folders: set[Path] = set()
 
     def _path(self, key: str) -> Path:
         return self.root / key[:2] / key[2:4] / key
@@ -84,12 +87,19 @@ class FileBlobStore:
         if target.exists():  # the same bytes are stored already
             writer.path.unlink(missing_ok=True)
             return key
-        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.parent not in self._folders:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._folders.add(target.parent)
         os.replace(writer.path, target)
         return key
 
     def open(self, key: str) -> BinaryIO:
         return self._path(key).open("rb")
+
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        with self._path(key).open("rb") as source:
+            source.seek(offset)
+            return source.read(length)
 
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
@@ -124,6 +134,11 @@ class S3BlobStore:
     def open(self, key: str) -> BinaryIO:
         body = self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)["Body"]
         return _Reader(body)
+
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        span = f"bytes={offset}-{offset + length - 1}"
+        answer = self.client.get_object(Bucket=self.bucket, Key=self.prefix + key, Range=span)
+        return answer["Body"].read()
 
     def local_path(self, key: str) -> Path | None:
         return None

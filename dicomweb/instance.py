@@ -6,15 +6,15 @@ Everything QIDO and WADO metadata need is computed here, once, at STOW time.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
 from pydicom import Dataset, dcmread
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import UID
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from .errors import Failure
 
@@ -113,6 +113,27 @@ def _check_pixel_length(dataset: Dataset, syntax: UID) -> None:
         raise Failure.cannot_understand(f"pixel data is {actual} bytes, expected {expected}")
 
 
+def pixel_layout(dataset: Dataset, syntax: str) -> dict[str, int | None]:
+    """Offset of the pixel data value in the file and the bytes per frame, for native
+    little-endian images whose frames are whole bytes; None otherwise."""
+    none: dict[str, int | None] = {"pixel_offset": None, "frame_length": None}
+    if syntax not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian) or "PixelData" not in dataset:
+        return none
+    element = dataset.get_item(0x7FE00010)
+    offset = getattr(element, "value_tell", None) or getattr(element, "file_tell", None)
+    bits = int(dataset.get("BitsAllocated") or 0)
+    if offset is None or bits % 8:
+        return none
+    rows, columns = int(dataset.get("Rows") or 0), int(dataset.get("Columns") or 0)
+    samples = int(dataset.get("SamplesPerPixel") or 1)
+    return {"pixel_offset": offset, "frame_length": rows * columns * samples * bits // 8}
+
+
+def layout_of_file(path: Path, syntax: str) -> dict[str, int | None]:
+    """pixel_layout of a file written by us (after a transform), without loading its pixels."""
+    return pixel_layout(dcmread(path, defer_size=1024), syntax)
+
+
 def frames(dataset: Dataset) -> int:
     try:
         return max(1, int(dataset.get("NumberOfFrames") or 1))
@@ -120,7 +141,7 @@ def frames(dataset: Dataset) -> int:
         return 1
 
 
-def metadata(instance: Instance) -> bytes:
+def metadata(instance: Instance) -> dict[str, Any]:
     """DICOM JSON (PS3.18 F.2) with bulk data (pixel data, large binaries) as BulkDataURIs."""
     prefix = f"{BASE}/{instance.path}/bulkdata/"
 
@@ -130,7 +151,21 @@ def metadata(instance: Instance) -> bytes:
     document: dict[str, Any] = instance.dataset.to_json_dict(BULK_THRESHOLD, bulk)
     # Which syntax a client gets with transfer-syntax=* (PS3.18 F.2: Available Transfer Syntax)
     document["00083002"] = {"vr": "UI", "Value": [instance.transfer_syntax]}
-    return orjson.dumps(dict(sorted(document.items())))
+    return dict(sorted(document.items()))
+
+
+def tag_values(document: dict[str, Any], tags: Iterable[str]) -> dict[str, str]:
+    """Extended query tag values from DICOM JSON: multiple values joined by backslashes,
+    person names by their alphabetic form, as QIDO matches them."""
+    out = {}
+    for tag in tags:
+        values = document.get(tag, {}).get("Value")
+        if not values:
+            continue
+        text = "\\".join(v.get("Alphabetic", "") if isinstance(v, dict) else str(v) for v in values)
+        if text:
+            out[tag] = text[:255]
+    return out
 
 
 def index_values(dataset: Dataset) -> dict[str, dict[str, Any]]:

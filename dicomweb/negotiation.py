@@ -107,7 +107,9 @@ def instance_syntax(accept: list[MediaRange], stored: set[str]) -> str | None:
     8.7.3.5.2 prescribes Explicit VR Little Endian; other syntaxes are served only when the
     instances are already stored in them (primage does not compress)."""
     for item in accept:
-        if not item.multipart or not covers(item.media, "application/dicom"):
+        if not (item.multipart or item.media == "*/*") or not covers(
+            item.media, "application/dicom"
+        ):
             continue
         syntax = item.transfer_syntax
         if syntax == "*":
@@ -127,7 +129,7 @@ def frame_media(accept: list[MediaRange], stored: str) -> tuple[str, bool]:
     native = UID(stored) in NATIVE
     own = "application/octet-stream" if native else FRAME_MEDIA.get(UID(stored))
     for item in accept:
-        if not item.multipart:
+        if not (item.multipart or item.media == "*/*"):
             continue
         syntax = item.transfer_syntax
         if own and covers(item.media, own) and syntax in (None, "*", stored) and not native:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Literal
 
 import orjson
@@ -124,6 +125,10 @@ PK_OF: dict[Level, Any] = {
 }
 
 
+LABELLED = {name: attr.column.label(name) for name, attr in ATTRS.items()}
+
+
+@lru_cache(maxsize=4096)
 def keyword(name: str) -> str:
     """A query key (keyword or GGGGEEEE tag) as its keyword; 400 if DICOM has no such one."""
     if len(name) == 8 and all(c in "0123456789abcdefABCDEF" for c in name):
@@ -135,6 +140,7 @@ def keyword(name: str) -> str:
     return found
 
 
+@lru_cache(maxsize=4096)
 def tag_hex(kw: str) -> str:
     return f"{tag_for_keyword(kw):08X}"
 
@@ -251,11 +257,6 @@ def run(
 ) -> tuple[list[dict[str, Any]], bool]:
     """Matches as DICOM JSON objects, and whether the server's maximum cut the results."""
     level = query.level
-    source: Any = dicom_study
-    if level in ("series", "instance"):
-        source = source.join(dicom_series, dicom_series.c.study_pk == dicom_study.c.pk)
-    if level == "instance":
-        source = source.join(dicom_instance, dicom_instance.c.series_pk == dicom_series.c.pk)
     clauses: list[ColumnElement[bool]] = []
     for kw, value in [*scope.items(), *query.match]:
         if value == "":
@@ -263,17 +264,9 @@ def run(
         clauses.append(_clause(level, kw, value, query.fuzzy))
     wanted = query.limit if query.limit is not None else max_results
     capped = min(wanted, max_results)
-    pk = PK_OF[level]
     names = _returned(query)
-    columns = [ATTRS[n].column.label(n) for n in names if n in ATTRS]
-    rows = conn.execute(
-        select(pk.label("_pk"), *columns)
-        .select_from(source)
-        .where(*clauses)
-        .order_by(pk)
-        .offset(query.offset)
-        .limit(capped + 1)
-    ).all()
+    statement = _base_select(level, tuple(n for n in names if n in ATTRS))
+    rows = conn.execute(statement.where(*clauses).offset(query.offset).limit(capped + 1)).all()
     cut = len(rows) > capped and wanted >= max_results
     rows = rows[:capped]
     extra = [n for n in names if n not in ATTRS] if rows else []
@@ -289,6 +282,19 @@ def run(
                 document[tag_hex(name)] = looked_up[row._pk][name]
         out.append(document)
     return out, cut
+
+
+@lru_cache(maxsize=256)
+def _base_select(level: Level, names: tuple[str, ...]) -> Any:
+    """SELECT pk, the returned columns FROM the level's join, in pk order (built once)."""
+    source: Any = dicom_study
+    if level in ("series", "instance"):
+        source = source.join(dicom_series, dicom_series.c.study_pk == dicom_study.c.pk)
+    if level == "instance":
+        source = source.join(dicom_instance, dicom_instance.c.series_pk == dicom_series.c.pk)
+    pk = PK_OF[level]
+    columns = [LABELLED[n] for n in names]
+    return select(pk.label("_pk"), *columns).select_from(source).order_by(pk)
 
 
 def _clause(level: Level, kw: str, value: str, fuzzy: bool) -> ColumnElement[bool]:

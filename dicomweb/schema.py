@@ -85,6 +85,10 @@ dicom_instance = Table(
     Column("columns", Integer),
     Column("bits_allocated", Integer),
     Column("number_of_frames", Integer),
+    # Native little-endian pixel data: where it starts in the blob and how long one frame
+    # is, so frames are read with one ranged read instead of parsing the file.
+    Column("pixel_offset", BigInteger),
+    Column("frame_length", BigInteger),
     Column("blob", String(64), nullable=False),  # SHA-256 of the Part 10 bytes
     Column("size", BigInteger, nullable=False),
     Column("metadata", LargeBinary, nullable=False),

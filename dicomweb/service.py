@@ -154,26 +154,24 @@ class Archive:
     # --- WADO ---------------------------------------------------------------------------------
 
     def rows(self, study: str, series: str | None = None, instance: str | None = None) -> list[Any]:
+        """What WADO needs to serve the addressed instances' blobs and frames."""
+        columns = [
+            dicom_instance.c.sop_uid,
+            dicom_instance.c.blob,
+            dicom_instance.c.transfer_syntax,
+            dicom_instance.c.number_of_frames,
+            dicom_instance.c.pixel_offset,
+            dicom_instance.c.frame_length,
+        ]
         with self.read() as repo:
-            clause = store.scope(repo.conn, study, series, instance)
-            return store.instances(
-                repo.conn,
-                clause,
-                dicom_instance.c.sop_uid,
-                dicom_instance.c.blob,
-                dicom_instance.c.transfer_syntax,
-                dicom_instance.c.number_of_frames,
-            )
+            return store.lookup(repo.conn, columns, study, series, instance)
 
     def metadata(
         self, study: str, series: str | None = None, instance: str | None = None
     ) -> list[bytes]:
         with self.read() as repo:
-            clause = store.scope(repo.conn, study, series, instance)
-            return [
-                row.metadata
-                for row in store.instances(repo.conn, clause, dicom_instance.c.metadata)
-            ]
+            rows = store.lookup(repo.conn, [dicom_instance.c.metadata], study, series, instance)
+        return [row.metadata for row in rows]
 
     # --- delete -------------------------------------------------------------------------------
 

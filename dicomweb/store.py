@@ -232,6 +232,28 @@ def scope(
     return clause
 
 
+def lookup(
+    conn: Connection, columns: list[Any], study: str, series: str | None, instance: str | None
+) -> list[Any]:
+    """The addressed instances' `columns` in one query (series, then instance order); 404s
+    name the level that is missing."""
+    query = (
+        select(*columns)
+        .select_from(dicom_instance)
+        .join(dicom_study, dicom_study.c.pk == dicom_instance.c.study_pk)
+        .where(dicom_study.c.study_uid == study)
+    )
+    if series is not None:
+        query = query.where(dicom_series.c.series_uid == series)
+    if instance is not None:
+        query = query.where(dicom_instance.c.sop_uid == instance)
+    rows = conn.execute(ordered(query)).all()
+    if not rows:
+        scope(conn, study, series, instance)  # raises the precise 404
+        raise NotFound("Instance not found")
+    return rows
+
+
 def ordered(query: Any) -> Any:
     return query.join(dicom_series, dicom_series.c.pk == dicom_instance.c.series_pk).order_by(
         dicom_series.c.series_number,
@@ -239,13 +261,6 @@ def ordered(query: Any) -> Any:
         dicom_instance.c.instance_number,
         dicom_instance.c.pk,
     )
-
-
-def instances(conn: Connection, clause: Any, *columns: Any) -> list[Any]:
-    rows = conn.execute(ordered(select(*columns).select_from(dicom_instance).where(clause))).all()
-    if not rows:
-        raise NotFound("Instance not found")
-    return rows
 
 
 def unreferenced(conn: Connection, keys: Iterable[str]) -> list[str]:

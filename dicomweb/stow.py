@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from pydicom import Dataset, dcmwrite
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser
@@ -162,10 +163,12 @@ def prepare(
             raise Failure(Failure.STUDY_UID_MISMATCH, "instance of another study than the URL's")
         if transform is not None:
             dataset = transform(dataset)
+        layout = parts.pixel_layout(dataset, checked.transfer_syntax)
         if transform is not None or not conformant:
             writer = _rewrite(blobs, writer, dataset)
             checked = parts.check(dataset)
             outcome.sop_class_uid, outcome.sop_uid = checked.sop_class_uid, checked.sop_uid
+            layout = parts.layout_of_file(writer.path, checked.transfer_syntax)
         document = parts.metadata(checked)
         key = blobs.commit(writer)
         outcome.prepared = Prepared(
@@ -176,9 +179,9 @@ def prepare(
             transfer_syntax=checked.transfer_syntax,
             blob=key,
             size=writer.size,
-            metadata=document,
-            values=parts.index_values(dataset),
-            tags=_tag_values(dataset, extra_tags),
+            metadata=orjson.dumps(document),
+            values=_with(parts.index_values(dataset), layout),
+            tags=parts.tag_values(document, extra_tags.values()),
         )
     except Failure as failure:
         writer.discard()
@@ -192,6 +195,11 @@ def prepare(
     return outcome
 
 
+def _with(values: dict[str, dict[str, Any]], layout: dict[str, int | None]) -> dict:
+    values["instance"].update(layout)
+    return values
+
+
 def _rewrite(blobs: BlobStore, old: BlobWriter, dataset: Dataset) -> BlobWriter:
     old.discard()
     buffer = io.BytesIO()
@@ -200,16 +208,3 @@ def _rewrite(blobs: BlobStore, old: BlobWriter, dataset: Dataset) -> BlobWriter:
     writer.write(buffer.getbuffer())
     writer.close()
     return writer
-
-
-def _tag_values(dataset: Dataset, tags: dict[str, str]) -> dict[str, str]:
-    out = {}
-    for keyword, tag in tags.items():
-        value: Any = dataset.get(keyword)
-        if value not in (None, ""):
-            out[tag] = (
-                "\\".join(map(str, value))
-                if not isinstance(value, str) and hasattr(value, "__iter__")
-                else str(value)
-            )
-    return out

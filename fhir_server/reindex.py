@@ -85,23 +85,31 @@ def reindex(
 def _start(
     write: Callable[[], AbstractContextManager[Repository]], spec: str, types: tuple[str, ...]
 ) -> tuple[int, int, int, int]:
+    count = select(func.count()).select_from(resource).where(resource.c.deleted.is_(False))
+    if types:
+        count = count.where(resource.c.type.in_(types))
+    return start_job(write, "reindex", spec, count)
+
+
+def start_job(
+    write: Callable[[], AbstractContextManager[Repository]], kind: str, spec: str, count: Any
+) -> tuple[int, int, int, int]:
+    """(job pk, position, done, total) of the running `kind` job with this spec, or of a new
+    one whose total is the `count` query's result."""
     with write() as repo:
         conn = repo.conn
         found = conn.execute(
             select(job.c.pk, job.c.position, job.c.done, job.c.total).where(
-                job.c.kind == "reindex", job.c.spec == spec, job.c.status == "running"
+                job.c.kind == kind, job.c.spec == spec, job.c.status == "running"
             )
         ).first()
         if found:
             return found[0], found[1], found[2], found[3]
-        count = select(func.count()).select_from(resource).where(resource.c.deleted.is_(False))
-        if types:
-            count = count.where(resource.c.type.in_(types))
         total = int(conn.execute(count).scalar_one())
         pk = conn.execute(
             insert(job)
             .values(
-                kind="reindex",
+                kind=kind,
                 spec=spec,
                 status="running",
                 position=0,

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 import click
 import uvicorn
 from sqlalchemy.engine import make_url
+
+from fhir_server.reindex import Progress
 
 from . import db
 from .settings import Settings
@@ -85,15 +88,43 @@ def search_reindex(types: tuple[str, ...], params: tuple[str, ...], batch: int) 
     steps = reindex(
         app.state.database.write, app.state.indexer, types=types, params=params, batch=batch
     )
+    last = _progress(steps, "reindexing")
+    app.state.database.engine.dispose()
+    click.echo(f"reindexed {last} resources")
+
+
+@main.group()
+def dicom() -> None:
+    """DICOM archive."""
+
+
+@dicom.command("reindex")
+@click.option("--batch", default=500, show_default=True)
+def dicom_reindex(batch: int) -> None:
+    """Fill the extended query tags (PRIMAGE_DICOM_EXTRA_QUERY_TAGS) for stored instances."""
+    from dicomweb.reindex import reindex_tags
+
+    from .app import create_app
+
+    settings = Settings()
+    db.upgrade(settings.database())
+    app = create_app(settings)
+    tags = app.state.archive.extra_tags
+    if not tags:
+        raise click.UsageError("PRIMAGE_DICOM_EXTRA_QUERY_TAGS names no attributes")
+    _progress(reindex_tags(app.state.database.write, tags, batch=batch), "indexing tags")
+    app.state.database.engine.dispose()
+
+
+def _progress(steps: Iterator[Progress], label: str) -> int:
     first = next(steps)
-    with click.progressbar(length=first.total, label="reindexing") as bar:
+    with click.progressbar(length=first.total, label=label) as bar:
         bar.update(first.done)
         last = first.done
         for progress in steps:
             bar.update(progress.done - last)
             last = progress.done
-    app.state.database.engine.dispose()
-    click.echo(f"reindexed {last} resources")
+    return last
 
 
 @main.group()

@@ -73,6 +73,8 @@ def upgrade() -> None:
         sa.Column("columns", sa.Integer),
         sa.Column("bits_allocated", sa.Integer),
         sa.Column("number_of_frames", sa.Integer),
+        sa.Column("pixel_offset", sa.BigInteger),
+        sa.Column("frame_length", sa.BigInteger),
         sa.Column("blob", S(64), nullable=False),
         sa.Column("size", sa.BigInteger, nullable=False),
         sa.Column("metadata", sa.LargeBinary, nullable=False),
