@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -22,8 +22,8 @@ class BlobWriter:
     """A temporary local file that hashes what is written to it."""
 
     def __init__(self, folder: Path) -> None:
-        fd, name = tempfile.mkstemp(dir=folder, suffix=".part")
-        self.path = Path(name)
+        self.path = folder / f"{uuid.uuid4().hex}.part"
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         self.file: BinaryIO = os.fdopen(fd, "wb")
         self._hash = hashlib.sha256()
         self.size = 0
@@ -84,9 +84,8 @@ class FileBlobStore:
             os.fsync(writer.file.fileno())
         key = writer.close()
         target = self._path(key)
-        if target.exists():  # the same bytes are stored already
-            writer.path.unlink(missing_ok=True)
-            return key
+        # If these bytes are stored already, replacing them with themselves is harmless
+        # (readers keep the inode they opened) and cheaper than asking first.
         if target.parent not in self._folders:
             target.parent.mkdir(parents=True, exist_ok=True)
             self._folders.add(target.parent)

@@ -23,6 +23,7 @@ from .blobs import BlobStore
 from .errors import BadRequest, Failure
 from .schema import dicom_instance
 from .stow import Outcome, Receiver, Transform, boundary_of, prepare
+from .stow_json import assemble
 
 log = logging.getLogger("primage.dicomweb")
 
@@ -47,7 +48,7 @@ class Archive:
     duplicates: store.DuplicatePolicy = "reject"
     max_results: int = 1000
     extra_tags: dict[str, str] = field(default_factory=dict)  # keyword -> GGGGEEEE
-    patient_system: str = "urn:primage:patient-id"
+    patient_system: str = "https://primage.eu/fhir/NamingSystem/research-pseudonym"
     transform: Transform | None = None
     batch: int = 64
 
@@ -60,12 +61,16 @@ class Archive:
         study_uid: str | None,
         base: str,
     ) -> StoreResult:
-        receiver = Receiver(self.blobs, boundary_of(content_type))
+        boundary, part_type = boundary_of(content_type)
+        receiver = Receiver(self.blobs, boundary)
         outcomes: list[Outcome] = []
         waiting: list[Outcome] = []
+        with_metadata = part_type == "application/dicom+json"
         try:
             async for chunk in body:
                 receiver.feed(chunk)
+                if with_metadata:
+                    continue  # instances are built once all their bulk data has arrived
                 if done := receiver.take():
                     prepared = await run_in_threadpool(self._prepare, done, study_uid)
                     outcomes += prepared
@@ -74,6 +79,11 @@ class Archive:
                         await run_in_threadpool(self._commit, waiting, base)
                         waiting = []
             receiver.close()
+            if with_metadata:
+                built, outcomes = await run_in_threadpool(assemble, self.blobs, receiver.take())
+                prepared = await run_in_threadpool(self._prepare, built, study_uid)
+                outcomes += prepared
+                waiting += [o for o in prepared if o.prepared]
         except BaseException:
             receiver.discard()
             if waiting:  # what was read completely before the fault is still stored
@@ -83,7 +93,16 @@ class Archive:
             await run_in_threadpool(self._commit, waiting, base)
         if not outcomes:
             raise BadRequest("The multipart body has no parts")
-        return StoreResult(outcomes)
+        result = StoreResult(outcomes)
+        refused = [f"{o.failure.code:04X}" for o in outcomes if o.failure is not None]
+        # counts and reason codes only: UIDs and attribute values stay out of the logs
+        log.info(
+            "STOW: %d stored, %d refused %s",
+            len(outcomes) - len(refused),
+            len(refused),
+            sorted(set(refused)),
+        )
+        return result
 
     def _prepare(self, done: list[Any], study_uid: str | None) -> list[Outcome]:
         return [

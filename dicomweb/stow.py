@@ -42,23 +42,28 @@ class Outcome:
     sop_uid: str | None = None
 
 
-def boundary_of(content_type: str | None) -> str:
+PART_TYPES = ("application/dicom", "application/dicom+json")
+
+
+def boundary_of(content_type: str | None) -> tuple[str, str]:
+    """(boundary, root part type) of a STOW-RS body's Content-Type."""
     media, params = parse_media_type(content_type or "")
     if media != "multipart/related":
         raise UnsupportedMedia('STOW-RS takes multipart/related; type="application/dicom"')
     part_type = params.get("type", "application/dicom").lower()
-    if part_type != "application/dicom":
+    if part_type not in PART_TYPES:
         raise UnsupportedMedia(
-            f"Parts of type {part_type[:64]} are not supported; send application/dicom"
+            f"Parts of type {part_type[:64]} are not supported; send application/dicom "
+            "or application/dicom+json with bulk data"
         )
     boundary = params.get("boundary")
     if not boundary:
         raise BadRequest("The multipart/related Content-Type has no boundary")
-    return boundary
+    return boundary, part_type
 
 
 @dataclass
-class _Part:
+class Part:
     writer: BlobWriter
     headers: dict[str, str] = field(default_factory=dict)
 
@@ -68,8 +73,8 @@ class Receiver:
 
     def __init__(self, blobs: BlobStore, boundary: str) -> None:
         self.blobs = blobs
-        self.finished: list[_Part] = []
-        self._current: _Part | None = None
+        self.finished: list[Part] = []
+        self._current: Part | None = None
         self._field = b""
         self._value = b""
         self._parser = MultipartParser(
@@ -108,7 +113,7 @@ class Receiver:
         self._current = None
 
     def _begin(self) -> None:
-        self._current = _Part(self.blobs.writer())
+        self._current = Part(self.blobs.writer())
 
     def _data(self, data: bytes, start: int, end: int) -> None:
         assert self._current is not None
@@ -132,14 +137,14 @@ class Receiver:
         self._current.headers[name] = self._value.decode("latin-1").strip()
         self._field = self._value = b""
 
-    def take(self) -> list[_Part]:
+    def take(self) -> list[Part]:
         done, self.finished = self.finished, []
         return done
 
 
 def prepare(
     blobs: BlobStore,
-    part: _Part,
+    part: Part,
     study_uid: str | None,
     transform: Transform | None,
     extra_tags: dict[str, str],

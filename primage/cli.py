@@ -35,11 +35,13 @@ def serve(host: str, port: int, workers: int, demo: bool | None) -> None:
     if make_url(url).get_backend_name() == "sqlite":
         db.upgrade(url)
     if demo if demo is not None else settings.demo_data:
-        _load_demo(settings)
+        _load_demo(settings, f"http://{host}:{port}/dicomweb")
     base = settings.base_url or f"http://{host}:{port}/fhir"
     click.echo(f"primage FHIR R4B server: {base}")
     click.echo(f"  capability statement: {base}/metadata")
     click.echo(f"  patients:             {base}/Patient")
+    dicomweb = settings.dicomweb_base_url or f"http://{host}:{port}/dicomweb"
+    click.echo(f"primage DICOMweb:        {dicomweb}/studies  (STOW-RS, QIDO-RS, WADO-RS)")
     click.echo(
         f"  health / metrics:     http://{host}:{port}/healthz  http://{host}:{port}/metrics"
     )
@@ -135,18 +137,22 @@ def demo() -> None:
 @demo.command("load")
 def demo_load() -> None:
     """Load the demo data set if the store is empty."""
-    _load_demo(Settings())
+    _load_demo(Settings(), "http://127.0.0.1:8080/dicomweb")
 
 
-def _load_demo(settings: Settings) -> None:
+def _load_demo(settings: Settings, dicomweb_base: str) -> None:
     from .app import create_app
-    from .demo import load_if_empty
+    from .demo import dicom, load_if_empty
 
     db.upgrade(settings.database())
     app = create_app(settings)
     count = load_if_empty(app.state.database, app.state.fhir)
+    if count:
+        instances = dicom.load(app.state.archive, settings.dicomweb_base_url or dicomweb_base)
+        click.echo(f"demo data: {count} resources and a study of {instances} instances loaded")
+    else:
+        click.echo("demo data: store not empty")
     app.state.database.engine.dispose()
-    click.echo(f"demo data: {count} resources loaded" if count else "demo data: store not empty")
 
 
 if __name__ == "__main__":

@@ -42,7 +42,9 @@ class Settings(BaseSettings):
     # Further attributes QIDO can match on (keywords); `primage dicom reindex` fills them in
     # for instances stored before they were added.
     dicom_extra_query_tags: list[str] = []
-    dicom_patient_id_system: str = "urn:primage:patient-id"  # Patient.identifier for PatientID
+    # Patient.identifier.system for the DICOM Patient ID, which the gateway sets to the
+    # research pseudonym: a stored study links to the Patient with that pseudonym.
+    dicom_patient_id_system: str = "https://primage.eu/fhir/NamingSystem/research-pseudonym"
     cors_origins: list[str] = []  # browser viewers allowed to call the API
 
     def database(self) -> str:

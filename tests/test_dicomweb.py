@@ -6,6 +6,7 @@ import io
 
 import httpx
 import numpy as np
+import orjson
 import pytest
 from dicomweb_client.api import DICOMwebClient
 from fhir.resources.R4B.imagingstudy import ImagingStudy
@@ -541,3 +542,94 @@ def test_cors_is_off_unless_configured(live_server: str) -> None:
     r = httpx.get(f"{live_server}/dicomweb/studies", headers={"Origin": "https://viewer.example"})
     assert "access-control-allow-origin" not in r.headers
     assert isinstance(dcmread, object)
+
+
+# --- STOW-RS with metadata and bulk data ------------------------------------------------------
+
+
+def _json_and_bulk(datasets: list[Dataset], boundary: str = "json-bulk") -> tuple[bytes, str]:
+    documents, parts = [], []
+    for ds in datasets:
+        syntax = ds.file_meta.TransferSyntaxUID
+        location = f"http://client.example/bulk/{ds.SOPInstanceUID}"
+
+        def handler(element, location=location) -> str:
+            return location
+
+        documents.append(ds.to_json_dict(1024, handler))
+        if syntax.is_compressed:
+            part_type = f"image/jp2; transfer-syntax={syntax}"
+            content = get_frame(ds.PixelData, 0, number_of_frames=1)
+        else:
+            part_type, content = "application/octet-stream", ds.PixelData
+        parts.append((part_type, location, content))
+    body = (
+        f"--{boundary}\r\nContent-Type: application/dicom+json\r\n\r\n".encode()
+        + orjson.dumps(documents)
+        + b"\r\n"
+    )
+    for part_type, location, content in parts:
+        body += (
+            (
+                f"--{boundary}\r\nContent-Type: {part_type}\r\nContent-Location: {location}\r\n\r\n"
+            ).encode()
+            + content
+            + b"\r\n"
+        )
+    body += f"--{boundary}--\r\n".encode()
+    return body, f'multipart/related; type="application/dicom+json"; boundary={boundary}'
+
+
+def test_stow_metadata_with_bulk_data(web: DICOMwebClient, live_server: str) -> None:
+    native = data.study(ct=2, mr=0, patient_id="PAT-JSON")
+    j2k = data.jpeg2000(native[0].StudyInstanceUID, native[0].SeriesInstanceUID)
+    body, content_type = _json_and_bulk([*native, j2k])
+    r = httpx.post(
+        f"{live_server}/dicomweb/studies", content=body, headers={"Content-Type": content_type}
+    )
+    assert r.status_code == 200, r.headers.get("Warning")
+    got = web.retrieve_instance(
+        native[1].StudyInstanceUID,
+        native[1].SeriesInstanceUID,
+        native[1].SOPInstanceUID,
+        media_types=(("application/dicom", "*"),),
+    )
+    assert got.PixelData == native[1].PixelData and got.PatientName == "Yamada^Tarou"
+    stored_j2k = web.retrieve_instance(
+        j2k.StudyInstanceUID,
+        j2k.SeriesInstanceUID,
+        j2k.SOPInstanceUID,
+        media_types=(("application/dicom", "*"),),
+    )
+    assert stored_j2k.file_meta.TransferSyntaxUID == j2k.file_meta.TransferSyntaxUID
+    assert np.array_equal(stored_j2k.pixel_array, j2k.pixel_array)
+
+
+def test_stow_metadata_naming_a_missing_bulk_part_is_refused(live_server: str) -> None:
+    ds = data.study(ct=1, mr=0)[0]
+    body, content_type = _json_and_bulk([ds])
+    body = body.replace(b"Content-Location: http://client.example/", b"Content-Location: x/")
+    r = httpx.post(
+        f"{live_server}/dicomweb/studies", content=body, headers={"Content-Type": content_type}
+    )
+    assert r.status_code == 409
+    assert "names no part" in r.headers["Warning"]
+
+
+def test_stow_body_split_at_every_awkward_place(live_server: str) -> None:
+    """A streamed body in 7-byte chunks: boundaries and headers straddle chunk edges."""
+    datasets = data.study(ct=2, mr=1)
+    payload = data.multipart([data.part10(ds) for ds in datasets])
+
+    def chunks():
+        for start in range(0, len(payload), 7):
+            yield payload[start : start + 7]
+
+    r = httpx.post(
+        f"{live_server}/dicomweb/studies",
+        content=chunks(),
+        headers={"Content-Type": data.stow_type()},
+        timeout=60,
+    )
+    assert r.status_code == 200
+    assert len(Dataset.from_json(r.json()).ReferencedSOPSequence) == 3

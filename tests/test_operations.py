@@ -163,11 +163,19 @@ def test_cli_serve_migrates_loads_demo_and_serves(tmp_path):
         patients = httpx.get(f"{base}/fhir/Patient").json()
         assert patients["total"] == 3
         assert (tmp_path / "var" / "primage.db").exists()
+        studies = httpx.get(f"{base}/dicomweb/studies", params={"PatientID": "PRI-7K3Q-9XW2"})
+        assert studies.json()[0]["00201208"]["Value"] == [24]
+        linked = httpx.get(
+            f"{base}/fhir/ImagingStudy", params={"patient.identifier": "PRI-7K3Q-9XW2"}
+        ).json()
+        assert linked["total"] == 2  # the demo bundle's own ImagingStudy and the DICOM one
+        assert httpx.get(f"{base}/fhir/Patient").json()["total"] == 3  # no new Patient
     finally:
         proc.send_signal(signal.SIGINT)
         output = proc.communicate(timeout=20)[0].decode()
     assert f"http://127.0.0.1:{port}/fhir/metadata" in output
-    assert "demo data: 11 resources loaded" in output
+    assert "demo data: 11 resources and a study of 24 instances loaded" in output
+    assert f"http://127.0.0.1:{port}/dicomweb/studies" in output
 
 
 def test_cli_db_upgrade(tmp_path):
