@@ -135,23 +135,9 @@ def build_router(archive: Archive, base_url: str | None = None) -> APIRouter:
 
     async def frame_list(request: Request, numbers: str | None = None) -> Response:
         accept = negotiation.parse_accept(request.headers.get("accept"))
-        rows = await run_in_threadpool(archive.rows, *_uids(request))
-        row = rows[0]
-        media, decode = negotiation.frame_media(accept, row.transfer_syntax)
-        if row.pixel_offset is not None:  # native pixels: ranged reads, no parsing
-            count = row.number_of_frames or 1
-            wanted = _frames_wanted(numbers or request.path_params["numbers"], count)
-            data = await run_in_threadpool(wado.native_frames, archive.blobs, row, wanted)
-        else:
-            dataset = await run_in_threadpool(wado.load, archive.blobs, row.blob)
-            wanted = _frames_wanted(numbers or request.path_params["numbers"], frames(dataset))
-            data = await run_in_threadpool(
-                lambda: [wado.frame_bytes(dataset, n, decode) for n in wanted]
-            )
-        part_type = (
-            media
-            if decode or media == "application/octet-stream"
-            else f"{media}; transfer-syntax={row.transfer_syntax}"
+        wanted = numbers or request.path_params["numbers"]
+        media, part_type, data = await run_in_threadpool(
+            archive.frames, *_uids(request), wanted, accept
         )
         mark = wado.boundary()
         body = b"".join(wado.multipart([(part_type, [d]) for d in data], mark, batch=1 << 62))
@@ -223,10 +209,6 @@ def build_router(archive: Archive, base_url: str | None = None) -> APIRouter:
     router.add_api_route(SERIES, remove, methods=["DELETE"])
     router.add_api_route(INSTANCE, remove, methods=["DELETE"])
     return router
-
-
-def _frames_wanted(numbers: str, count: int) -> list[int]:
-    return list(range(1, count + 1)) if numbers == "all" else wado.frame_numbers(numbers, count)
 
 
 def _uids(request: Request) -> tuple[str, str | None, str | None]:
