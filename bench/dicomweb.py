@@ -511,6 +511,7 @@ ROWS = [
     ("STOW 4 clients, MB/s", "stow_4", "mb_s", True),
     ("STOW 4 clients, server CPU ms/instance", "stow_4", "cpu_ms_per_inst", False),
     ("STOW 8,000 small, 4 clients, instances/s", "stow_small_4", "inst_s", True),
+    ("STOW 8,000 small, server CPU ms/instance", "stow_small_4", "cpu_ms_per_inst", False),
     ("server peak RSS during STOW, MB", "stow_peak_rss_mb", "mb", False),
     ("QIDO PatientID p50 ms", "qido_patient_id", "p50_ms", False),
     ("QIDO PatientID p95 ms", "qido_patient_id", "p95_ms", False),

@@ -63,7 +63,8 @@ class BlobStore(Protocol):
 
 
 class FileBlobStore:
-    """Blobs under `root/ab/cd/<sha256>`; temporary files under `root/tmp` (same filesystem)."""
+    """Blobs under `root/ab/<sha256>` (256 folders: ext4 indexes large folders, and fewer
+    folders means fewer mkdir calls); temporary files under `root/tmp` (same filesystem)."""
 
     def __init__(self, root: Path, *, fsync: bool = True) -> None:
         self.root = root
@@ -73,7 +74,7 @@ class FileBlobStore:
         self._folders: set[Path] = set()
 
     def _path(self, key: str) -> Path:
-        return self.root / key[:2] / key[2:4] / key
+        return self.root / key[:2] / key
 
     def writer(self) -> BlobWriter:
         return BlobWriter(self.tmp)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import Dataset, dcmread
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -155,70 +156,89 @@ def metadata(instance: Instance) -> dict[str, Any]:
 
 
 def tag_values(document: dict[str, Any], tags: Iterable[str]) -> dict[str, str]:
-    """Extended query tag values from DICOM JSON: multiple values joined by backslashes,
-    person names by their alphabetic form, as QIDO matches them."""
+    """Extended query tag values from DICOM JSON, as QIDO matches them."""
     out = {}
     for tag in tags:
-        values = document.get(tag, {}).get("Value")
-        if not values:
-            continue
-        text = "\\".join(v.get("Alphabetic", "") if isinstance(v, dict) else str(v) for v in values)
+        text = json_text(document, tag)
         if text:
             out[tag] = text[:255]
     return out
 
 
-def index_values(dataset: Dataset) -> dict[str, dict[str, Any]]:
-    """Column values for the study, series and instance rows (None where absent)."""
+def json_text(document: dict[str, Any], tag: str) -> str | None:
+    """An element of DICOM JSON as DICOM would write it: multiple values joined by
+    backslashes, person names as Alphabetic=Ideographic=Phonetic (trailing groups dropped)."""
+    values = document.get(tag, {}).get("Value")
+    if not values:
+        return None
+    texts = []
+    for value in values:
+        if isinstance(value, dict):
+            groups = [value.get(g, "") for g in ("Alphabetic", "Ideographic", "Phonetic")]
+            texts.append("=".join(groups).rstrip("="))
+        else:
+            texts.append(str(value))
+    return "\\".join(texts) or None
 
-    def text(keyword: str, limit: int = 64) -> str | None:
-        value = dataset.get(keyword)
-        if value is None or value == "":
-            return None
-        if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
-            value = "\\".join(str(v) for v in value)
-        return str(value)[:limit]
+
+def _tag(keyword: str) -> str:
+    return f"{tag_for_keyword(keyword):08X}"
+
+
+STUDY_COLUMNS = {
+    "patient_id": ("PatientID", 64),
+    "patient_name": ("PatientName", 324),
+    "patient_birth_date": ("PatientBirthDate", 8),
+    "patient_sex": ("PatientSex", 16),
+    "study_date": ("StudyDate", 8),
+    "study_time": ("StudyTime", 16),
+    "accession_number": ("AccessionNumber", 64),
+    "study_id": ("StudyID", 16),
+    "referring_physician_name": ("ReferringPhysicianName", 324),
+    "study_description": ("StudyDescription", 64),
+}
+SERIES_COLUMNS = {
+    "modality": ("Modality", 16),
+    "series_description": ("SeriesDescription", 64),
+    "body_part": ("BodyPartExamined", 16),
+    "pps_start_date": ("PerformedProcedureStepStartDate", 8),
+    "pps_start_time": ("PerformedProcedureStepStartTime", 16),
+}
+NUMBERS = {
+    "series_number": "SeriesNumber",
+    "instance_number": "InstanceNumber",
+    "rows": "Rows",
+    "columns": "Columns",
+    "bits_allocated": "BitsAllocated",
+    "number_of_frames": "NumberOfFrames",
+}
+_TAGS = {
+    keyword: _tag(keyword) for keyword, _ in [*STUDY_COLUMNS.values(), *SERIES_COLUMNS.values()]
+} | {keyword: _tag(keyword) for keyword in NUMBERS.values()}
+
+
+def index_values(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Column values for the study, series and instance rows (None where absent), read from
+    the instance's DICOM JSON so that the index and the metadata cannot disagree."""
+
+    def text(keyword: str, limit: int) -> str | None:
+        value = json_text(document, _TAGS[keyword])
+        return value[:limit] if value else None
 
     def number(keyword: str) -> int | None:
-        value = dataset.get(keyword)
+        values = document.get(_TAGS[keyword], {}).get("Value")
         try:
-            return int(value) if value not in (None, "") else None
+            return int(values[0]) if values else None
         except (TypeError, ValueError):
             return None
 
-    patient_name = text("PatientName", 324)
-    referring = text("ReferringPhysicianName", 324)
-    return {
-        "study": {
-            "patient_id": text("PatientID"),
-            "patient_name": patient_name,
-            "patient_name_key": name_key(patient_name),
-            "patient_birth_date": text("PatientBirthDate", 8),
-            "patient_sex": text("PatientSex", 16),
-            "study_date": text("StudyDate", 8),
-            "study_time": text("StudyTime", 16),
-            "accession_number": text("AccessionNumber"),
-            "study_id": text("StudyID", 16),
-            "referring_physician_name": referring,
-            "referring_physician_key": name_key(referring),
-            "study_description": text("StudyDescription"),
-        },
-        "series": {
-            "modality": text("Modality", 16),
-            "series_number": number("SeriesNumber"),
-            "series_description": text("SeriesDescription"),
-            "body_part": text("BodyPartExamined", 16),
-            "pps_start_date": text("PerformedProcedureStepStartDate", 8),
-            "pps_start_time": text("PerformedProcedureStepStartTime", 16),
-        },
-        "instance": {
-            "instance_number": number("InstanceNumber"),
-            "rows": number("Rows"),
-            "columns": number("Columns"),
-            "bits_allocated": number("BitsAllocated"),
-            "number_of_frames": number("NumberOfFrames"),
-        },
-    }
+    study = {column: text(kw, limit) for column, (kw, limit) in STUDY_COLUMNS.items()}
+    study["patient_name_key"] = name_key(study["patient_name"])
+    study["referring_physician_key"] = name_key(study["referring_physician_name"])
+    series: dict[str, Any] = {c: text(kw, limit) for c, (kw, limit) in SERIES_COLUMNS.items()}
+    series["series_number"] = number("SeriesNumber")
+    instance = {column: number(kw) for column, kw in NUMBERS.items() if column != "series_number"}
+    return {"study": study, "series": series, "instance": instance}
 
 
 def name_key(name: str | None) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pydicom.pixels import get_decoder
 from pydicom.uid import (
     JPEG2000,
     UID,
@@ -115,13 +116,26 @@ def instance_syntax(accept: list[MediaRange], stored: set[str]) -> str | None:
         if syntax == "*":
             return None
         if syntax is None or syntax == ExplicitVRLittleEndian:
-            return ExplicitVRLittleEndian
+            if all(decodable(uid) for uid in stored):
+                return ExplicitVRLittleEndian
+            continue
         if stored == {syntax}:
             return None
     raise NotAcceptable(
         'Acceptable: multipart/related; type="application/dicom" with transfer-syntax '
         "1.2.840.10008.1.2.1, * or the stored syntax"
     )
+
+
+def decodable(syntax: str) -> bool:
+    """Whether an instance stored in `syntax` can be transcoded to Explicit VR Little Endian."""
+    uid = UID(syntax)
+    if not uid.is_compressed:
+        return True
+    try:
+        return bool(get_decoder(uid).is_available)
+    except NotImplementedError:
+        return False
 
 
 def frame_media(accept: list[MediaRange], stored: str) -> tuple[str, bool]:
@@ -134,10 +148,10 @@ def frame_media(accept: list[MediaRange], stored: str) -> tuple[str, bool]:
         syntax = item.transfer_syntax
         if own and covers(item.media, own) and syntax in (None, "*", stored) and not native:
             return own, False
-        if covers(item.media, "application/octet-stream") and syntax in (
-            None,
-            "*",
-            ExplicitVRLittleEndian,
+        if (
+            covers(item.media, "application/octet-stream")
+            and syntax in (None, "*", ExplicitVRLittleEndian)
+            and (native or decodable(stored))
         ):
             return "application/octet-stream", not native
     raise NotAcceptable(

@@ -85,6 +85,14 @@ class Archive:
                 prepared = await run_in_threadpool(self._prepare, built, study_uid)
                 outcomes += prepared
                 waiting += [o for o in prepared if o.prepared]
+        except BadRequest as error:
+            receiver.discard()
+            if not outcomes:
+                raise
+            # Parts before the fault were whole and are kept; say where the body went wrong
+            # instead of a 400 that would hide what was stored.
+            reason = f"the body broke off or went malformed here: {error.reason}"
+            outcomes.append(Outcome(failure=Failure.cannot_understand(reason)))
         except BaseException:
             receiver.discard()
             if waiting:  # what was read completely before the fault is still stored

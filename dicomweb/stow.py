@@ -185,7 +185,7 @@ def prepare(
             blob=key,
             size=writer.size,
             metadata=orjson.dumps(document),
-            values=_with(parts.index_values(dataset), layout),
+            values=_with(parts.index_values(document), layout),
             tags=parts.tag_values(document, extra_tags.values()),
         )
     except Failure as failure:

@@ -633,3 +633,19 @@ def test_stow_body_split_at_every_awkward_place(live_server: str) -> None:
     )
     assert r.status_code == 200
     assert len(Dataset.from_json(r.json()).ReferencedSOPSequence) == 3
+
+
+def test_a_body_cut_short_keeps_the_whole_parts_and_says_where_it_broke(
+    live_server: str,
+) -> None:
+    datasets = data.study(ct=2, mr=1)
+    payload = data.multipart([data.part10(ds) for ds in datasets])
+    cut = payload[: payload.rindex(b"--primage-test-boundary\r\n") + 200]  # inside part 3
+    r = httpx.post(
+        f"{live_server}/dicomweb/studies", content=cut, headers={"Content-Type": data.stow_type()}
+    )
+    assert r.status_code == 202
+    result = Dataset.from_json(r.json())
+    assert len(result.ReferencedSOPSequence) == 2
+    assert [i.FailureReason for i in result.FailedSOPSequence] == [0xC000]
+    assert "broke off" in r.headers["Warning"]
