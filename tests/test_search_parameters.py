@@ -113,4 +113,4 @@ def test_cli_reindex(tmp_path):
         check=True,
         capture_output=True,
     )
-    assert b"reindexed 11 resources" in out.stdout
+    assert b"reindexed 13 resources" in out.stdout  # the bundle, ImagingStudy, Endpoint
