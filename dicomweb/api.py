@@ -23,7 +23,9 @@ KEYS = {"study": "StudyInstanceUID", "series": "SeriesInstanceUID"}
 
 def _warning(text: str) -> str:
     """A Warning header value (RFC 7234 5.5) as PS3.18 8.6.4 uses it: 299 + quoted text."""
-    return '299 primage "{}"'.format(text.replace('"', "'").replace("\r", " ").replace("\n", " "))
+    text = text.replace('"', "'").replace("\r", " ").replace("\n", " ")
+    # header values are Latin-1 on the wire: anything else is escaped, never a 500
+    return '299 primage "{}"'.format(text.encode("ascii", "backslashreplace").decode())
 
 
 def error_response(exc: DicomWebError) -> Response:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,11 +23,12 @@ CHUNK = 1024 * 1024
 class BlobWriter:
     """A temporary local file that hashes what is written to it."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *, fsync: bool = False) -> None:
         self.path = folder / f"{uuid.uuid4().hex}.part"
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         self.file: BinaryIO = os.fdopen(fd, "wb")
         self._hash = hashlib.sha256()
+        self._fsync = fsync
         self.size = 0
 
     def write(self, data: bytes | memoryview) -> None:
@@ -34,8 +37,12 @@ class BlobWriter:
         self.size += len(data)
 
     def close(self) -> str:
-        """Closes the file; returns the key (hex SHA-256 of the content)."""
+        """Closes the file (on disk first, when the store asks for durability); returns the
+        key (hex SHA-256 of the content)."""
         if not self.file.closed:
+            if self._fsync:
+                self.file.flush()
+                os.fsync(self.file.fileno())
             self.file.close()
         return self._hash.hexdigest()
 
@@ -59,7 +66,14 @@ class BlobStore(Protocol):
         """A path that can be read directly (sendfile, pydicom), when the store has one."""
         ...
 
-    def delete(self, key: str) -> None: ...
+    def keys(self) -> Iterator[str]:
+        """Every stored blob's key (for garbage collection)."""
+        ...
+
+    def delete(self, key: str, grace: float = 0) -> None:
+        """Remove a blob, unless it was (re)written less than `grace` seconds ago: a STOW
+        may have just committed the same bytes for a row it has not inserted yet."""
+        ...
 
 
 class FileBlobStore:
@@ -77,12 +91,9 @@ class FileBlobStore:
         return self.root / key[:2] / key
 
     def writer(self) -> BlobWriter:
-        return BlobWriter(self.tmp)
+        return BlobWriter(self.tmp, fsync=self.fsync)
 
     def commit(self, writer: BlobWriter) -> str:
-        if self.fsync and not writer.file.closed:
-            writer.file.flush()
-            os.fsync(writer.file.fileno())
         key = writer.close()
         target = self._path(key)
         # If these bytes are stored already, replacing them with themselves is harmless
@@ -91,6 +102,12 @@ class FileBlobStore:
             target.parent.mkdir(parents=True, exist_ok=True)
             self._folders.add(target.parent)
         os.replace(writer.path, target)
+        if self.fsync:  # the rename itself must survive a crash too
+            folder = os.open(target.parent, os.O_RDONLY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
         return key
 
     def open(self, key: str) -> BinaryIO:
@@ -104,8 +121,19 @@ class FileBlobStore:
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
 
-    def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+    def keys(self) -> Iterator[str]:
+        for folder in self.root.iterdir():
+            if len(folder.name) == 2 and folder.is_dir():
+                yield from (p.name for p in folder.iterdir() if len(p.name) == 64)
+
+    def delete(self, key: str, grace: float = 0) -> None:
+        path = self._path(key)
+        try:
+            if grace and time.time() - path.stat().st_mtime < grace:
+                return
+            path.unlink()
+        except FileNotFoundError:
+            pass
 
 
 class S3BlobStore:
@@ -132,8 +160,12 @@ class S3BlobStore:
         return key
 
     def open(self, key: str) -> BinaryIO:
-        body = self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)["Body"]
-        return _Reader(body)
+        """The object as a seekable file (pydicom seeks): in memory up to 16 MB, else spooled
+        to disk."""
+        out = tempfile.SpooledTemporaryFile(max_size=16 * CHUNK, dir=self.spool)  # noqa: SIM115
+        self.client.download_fileobj(self.bucket, self.prefix + key, out)
+        out.seek(0)
+        return out  # type: ignore[return-value]
 
     def read_range(self, key: str, offset: int, length: int) -> bytes:
         span = f"bytes={offset}-{offset + length - 1}"
@@ -143,27 +175,22 @@ class S3BlobStore:
     def local_path(self, key: str) -> Path | None:
         return None
 
-    def delete(self, key: str) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=self.prefix + key)
+    def keys(self) -> Iterator[str]:
+        pages = self.client.get_paginator("list_objects_v2")
+        for page in pages.paginate(Bucket=self.bucket, Prefix=self.prefix):
+            for item in page.get("Contents", []):
+                yield item["Key"][len(self.prefix) :]
 
-
-class _Reader:
-    """A botocore streaming body as a closable binary file for `read`-based consumers."""
-
-    def __init__(self, body: Any) -> None:
-        self._body = body
-
-    def read(self, size: int = -1) -> bytes:
-        return self._body.read(None if size < 0 else size)
-
-    def close(self) -> None:
-        self._body.close()
-
-    def __enter__(self) -> _Reader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def delete(self, key: str, grace: float = 0) -> None:
+        name = self.prefix + key
+        if grace:
+            try:
+                head = self.client.head_object(Bucket=self.bucket, Key=name)
+            except self.client.exceptions.ClientError:
+                return
+            if time.time() - head["LastModified"].timestamp() < grace:
+                return
+        self.client.delete_object(Bucket=self.bucket, Key=name)
 
 
 def chunks(store: BlobStore, key: str, size: int = CHUNK) -> Iterator[bytes]:

@@ -34,6 +34,10 @@ class NotAcceptable(DicomWebError):
     status = 406
 
 
+class PayloadTooLarge(DicomWebError):
+    status = 413
+
+
 class UnsupportedMedia(DicomWebError):
     status = 415
 
@@ -49,6 +53,7 @@ class Failure(Exception):
     OUT_OF_RESOURCES = 0xA700
     DATA_SET_DOES_NOT_MATCH = 0xA900
     CANNOT_UNDERSTAND = 0xC000
+    SYNTAX_NOT_SUPPORTED = 0xC122  # PS3.18 Table 10.5.3-2: Referenced Transfer Syntax
     STUDY_UID_MISMATCH = 0xA900  # PS3.18: the instance's study is not the one in the URL
 
     def __init__(self, code: int, reason: str) -> None:

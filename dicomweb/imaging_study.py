@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import select, text
 
+from fhir_server import jsonio
 from fhir_server.repository import Repository
 from fhir_server.schema import resource, search_token
 
@@ -36,7 +37,16 @@ BODY_PART = {
 }
 
 
-def sync(repo: Repository, study_pk: int, dicomweb_base: str, patient_system: str) -> None:
+def sync(
+    repo: Repository,
+    study_pk: int,
+    dicomweb_base: str,
+    patient_system: str,
+    *,
+    configured_base: bool = False,
+) -> None:
+    """Rewrite the study's ImagingStudy. `configured_base`: the base is the operator's (then
+    the Endpoint follows it); otherwise it came from a request and only seeds a missing one."""
     conn = repo.conn
     study = conn.execute(select(dicom_study).where(dicom_study.c.pk == study_pk)).first()
     if study is None:
@@ -46,7 +56,7 @@ def sync(repo: Repository, study_pk: int, dicomweb_base: str, patient_system: st
         conn.execute(
             dicom_study.update().where(dicom_study.c.pk == study_pk), {"patient_ref": patient_id}
         )
-    _endpoint(repo, dicomweb_base)
+    _endpoint(repo, dicomweb_base, replace=configured_base)
     series_rows = conn.execute(
         select(dicom_series)
         .where(dicom_series.c.study_pk == study_pk, dicom_series.c.num_instances > 0)
@@ -169,9 +179,10 @@ def _patient(repo: Repository, study: Any, system: str) -> str:
     return repo.create(body).id
 
 
-def _endpoint(repo: Repository, base: str) -> None:
+def _endpoint(repo: Repository, base: str, *, replace: bool) -> None:
     current = repo.current("Endpoint", ENDPOINT_ID)
-    if current is not None and not current.deleted:
+    live = current is not None and current.content is not None
+    if live and (not replace or jsonio.loads(current.content).get("address") == base):
         return
     repo.update(
         {

@@ -75,6 +75,8 @@ def check(dataset: Dataset) -> Instance:
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     if not syntax:
         raise Failure.cannot_understand("no Transfer Syntax UID in the file meta information")
+    if not UID(str(syntax)).is_transfer_syntax:
+        raise Failure(Failure.SYNTAX_NOT_SUPPORTED, "transfer syntax not supported")
     uids = {}
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
         try:
@@ -143,13 +145,20 @@ def frames(dataset: Dataset) -> int:
 
 
 def metadata(instance: Instance) -> dict[str, Any]:
-    """DICOM JSON (PS3.18 F.2) with bulk data (pixel data, large binaries) as BulkDataURIs."""
+    """DICOM JSON (PS3.18 F.2). Large binary values at the top level (pixel data above all)
+    become BulkDataURIs; inside sequences they stay inline, because a bulk data URI names a
+    top-level tag only."""
     prefix = f"{BASE}/{instance.path}/bulkdata/"
 
     def bulk(element: DataElement) -> str:
         return f"{prefix}{element.tag:08X}"
 
-    document: dict[str, Any] = instance.dataset.to_json_dict(BULK_THRESHOLD, bulk)
+    document: dict[str, Any] = {}
+    for element in instance.dataset:
+        if element.tag.is_private and element.VR == "UN":
+            continue  # unknown private data: no VR to describe it with
+        handler = None if element.VR == "SQ" else bulk
+        document[f"{element.tag:08X}"] = element.to_json_dict(handler, BULK_THRESHOLD)
     # Which syntax a client gets with transfer-syntax=* (PS3.18 F.2: Available Transfer Syntax)
     document["00083002"] = {"vr": "UI", "Value": [instance.transfer_syntax]}
     return dict(sorted(document.items()))

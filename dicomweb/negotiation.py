@@ -78,8 +78,8 @@ def parse_media_type(value: str) -> tuple[str, dict[str, str]]:
 
 def parse_accept(header: str | None) -> list[MediaRange]:
     """Media ranges by preference (q, then order); no header means anything."""
-    if not header:
-        return [MediaRange("*/*", True, None, 1.0)]
+    if not header:  # no Accept: anything, so each resource's default media type
+        return [MediaRange("*/*", False, None, 1.0)]
     ranges = []
     for index, item in enumerate(_split(header, ",")):
         media, params = parse_media_type(item)

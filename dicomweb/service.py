@@ -5,6 +5,7 @@ HTTP-free: the API module turns requests into these calls and results into respo
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -20,11 +21,11 @@ from fhir_server.repository import Repository
 
 from . import imaging_study, negotiation, qido, store, wado
 from .blobs import BlobStore
-from .errors import BadRequest, Failure
+from .errors import BadRequest, Failure, PayloadTooLarge
 from .instance import frames as frame_count
 from .schema import dicom_instance
 from .stow import Outcome, Receiver, Transform, boundary_of, prepare
-from .stow_json import assemble
+from .stow_json import JSON_BODY_LIMIT, assemble
 
 log = logging.getLogger("primage.dicomweb")
 
@@ -52,6 +53,11 @@ class Archive:
     patient_system: str = "https://primage.eu/fhir/NamingSystem/research-pseudonym"
     transform: Transform | None = None
     batch: int = 64
+    # Blobs no row names are deleted only once this old: a concurrent STOW of the same
+    # bytes re-commits the blob (refreshing its time) before inserting its row.
+    blob_grace: float = 300.0
+    public_base: str | None = None  # PRIMAGE_DICOMWEB_BASE_URL: the Endpoint's address
+    max_body_bytes: int | None = None
 
     # --- STOW ---------------------------------------------------------------------------------
 
@@ -63,7 +69,10 @@ class Archive:
         base: str,
     ) -> StoreResult:
         boundary, part_type = boundary_of(content_type)
-        receiver = Receiver(self.blobs, boundary)
+        limit = self.max_body_bytes
+        if part_type == "application/dicom+json":  # assembled in memory: a tighter bound
+            limit = min(limit or JSON_BODY_LIMIT, JSON_BODY_LIMIT)
+        receiver = Receiver(self.blobs, boundary, limit)
         outcomes: list[Outcome] = []
         waiting: list[Outcome] = []
         with_metadata = part_type == "application/dicom+json"
@@ -85,7 +94,7 @@ class Archive:
                 prepared = await run_in_threadpool(self._prepare, built, study_uid)
                 outcomes += prepared
                 waiting += [o for o in prepared if o.prepared]
-        except BadRequest as error:
+        except (BadRequest, PayloadTooLarge) as error:
             receiver.discard()
             if not outcomes:
                 raise
@@ -124,8 +133,7 @@ class Archive:
             try:
                 with self.write() as repo:
                     saved, refused, touched = store.save(repo.conn, items, self.duplicates)
-                    for study_pk in touched:
-                        imaging_study.sync(repo, study_pk, base, self.patient_system)
+                    self._sync_studies(repo, touched, base)
                 break
             except IntegrityError:
                 if attempt == 2:  # a concurrent writer won twice: report, don't guess
@@ -145,6 +153,22 @@ class Archive:
         replaced = [s.replaced_blob for s in saved if s.replaced_blob]
         self._drop_blobs([p.blob for p, _ in refused] + replaced)
 
+    def _sync_studies(self, repo: Repository, study_pks: set[int], base: str) -> None:
+        """Studies left empty go (with their ImagingStudy); the others' ImagingStudy is
+        rewritten from the index."""
+        gone = store.drop_empty_studies(repo.conn, study_pks)
+        for uid in gone.values():
+            imaging_study.remove(repo, uid)
+        configured = self.public_base is not None
+        for study_pk in sorted(study_pks - set(gone)):
+            imaging_study.sync(
+                repo,
+                study_pk,
+                self.public_base or base,
+                self.patient_system,
+                configured_base=configured,
+            )
+
     def _fail(self, waiting: list[Outcome], failure: Failure) -> None:
         for outcome in waiting:
             outcome.failure = failure
@@ -156,7 +180,17 @@ class Archive:
         with self.read() as repo:
             orphans = store.unreferenced(repo.conn, keys)
         for key in orphans:
-            self.blobs.delete(key)
+            self.blobs.delete(key, self.blob_grace)
+
+    def collect_garbage(self, batch: int = 1000) -> int:
+        """Delete blobs no instance names (refused or replaced STOWs, deletes inside the
+        grace period) once older than the grace period; returns how many were examined."""
+        seen = 0
+        keys = self.blobs.keys()
+        while chunk := list(itertools.islice(keys, batch)):
+            seen += len(chunk)
+            self._drop_blobs(chunk)
+        return seen
 
     # --- QIDO ---------------------------------------------------------------------------------
 
@@ -233,13 +267,9 @@ class Archive:
             count = len(conn.execute(select(dicom_instance.c.pk).where(clause)).all())
             keys, studies = store.remove(conn, clause)
             store.refresh_counts(conn, studies, now)
-            gone = store.drop_empty_studies(conn, studies)
-            for uid in gone.values():
-                imaging_study.remove(repo, uid)
-            for study_pk in studies - set(gone):
-                imaging_study.sync(repo, study_pk, base, self.patient_system)
+            self._sync_studies(repo, studies, base)
         for key in keys:
-            self.blobs.delete(key)
+            self.blobs.delete(key, self.blob_grace)
         return count
 
 

@@ -55,14 +55,18 @@ def save(
     existing = {
         row.sop_uid: row
         for row in conn.execute(
-            select(dicom_instance.c.pk, dicom_instance.c.sop_uid, dicom_instance.c.blob).where(
-                dicom_instance.c.sop_uid.in_([p.sop_uid for p in items])
-            )
+            select(
+                dicom_instance.c.pk,
+                dicom_instance.c.sop_uid,
+                dicom_instance.c.blob,
+                dicom_instance.c.study_pk,
+            ).where(dicom_instance.c.sop_uid.in_([p.sop_uid for p in items]))
         )
     }
     stored: list[Saved] = []
     refused: list[tuple[Prepared, Failure]] = []
     fresh: list[tuple[Prepared, str | None]] = []
+    touched: set[int] = set()
     seen: set[str] = set()
     for item in items:
         old = existing.get(item.sop_uid)
@@ -76,24 +80,26 @@ def save(
             stored.append(Saved(item))  # the same bytes again: nothing to do
         elif policy == "replace":
             _delete_instances(conn, [old.pk])
+            touched.add(old.study_pk)  # the old copy's study may be another one
             fresh.append((item, old.blob))
         else:
-            refused.append(
-                (
-                    item,
-                    Failure(
-                        Failure.DUPLICATE_SOP_INSTANCE,
-                        "SOP Instance already stored with different content",
-                    ),
-                )
-            )
-    studies = _study_pks(conn, [p for p, _ in fresh], now)
-    series = _series_pks(conn, [p for p, _ in fresh], studies)
-    if fresh:
+            reason = "SOP Instance already stored with different content"
+            refused.append((item, Failure(Failure.DUPLICATE_SOP_INSTANCE, reason)))
+    studies = _upsert_studies(conn, [p for p, _ in fresh], now)
+    series = _upsert_series(conn, [p for p, _ in fresh], studies)
+    placed = []
+    for item, old in fresh:
+        pk, study_pk = series[item.series_uid]
+        if study_pk != studies[item.study_uid]:
+            reason = "Series Instance UID already belongs to another study"
+            refused.append((item, Failure.mismatch(reason)))
+        else:
+            placed.append((item, old, pk))
+    if placed:
         rows = [
             {
                 "study_pk": studies[p.study_uid],
-                "series_pk": series[p.series_uid],
+                "series_pk": series_pk,
                 "sop_uid": p.sop_uid,
                 "sop_class_uid": p.sop_class_uid,
                 "transfer_syntax": p.transfer_syntax,
@@ -103,7 +109,7 @@ def save(
                 "stored": now,
                 **p.values["instance"],
             }
-            for p, _ in fresh
+            for p, _, series_pk in placed
         ]
         pks = (
             conn.execute(
@@ -115,69 +121,82 @@ def save(
         )
         tag_rows = [
             {"instance_pk": pk, "tag": tag, "value": value[:255]}
-            for pk, (p, _) in zip(pks, fresh, strict=True)
+            for pk, (p, _, _) in zip(pks, placed, strict=True)
             for tag, value in p.tags.items()
         ]
         if tag_rows:
             conn.execute(insert(dicom_tag), tag_rows)
-        stored.extend(Saved(p, old) for p, old in fresh)
-    touched = set(studies.values())
+        stored.extend(Saved(p, old) for p, old, _ in placed)
+    touched |= set(studies.values())
+    _drop_empty_series(conn, touched)
     refresh_counts(conn, touched, now)
     return stored, refused, touched
 
 
-def _study_pks(conn: Connection, items: list[Prepared], now: datetime) -> dict[str, int]:
-    """The studies' pks, inserting rows for new studies (a concurrent insert is not an error)."""
-    first: dict[str, Prepared] = {}
+def _upsert_studies(conn: Connection, items: list[Prepared], now: datetime) -> dict[str, int]:
+    """The studies' pks. New studies get a row; known ones take the latest instance's
+    patient/study attributes (a corrected resend corrects the index). In UID order, so two
+    writers lock rows in the same order; on PostgreSQL the upsert locks the row until
+    commit, which serialises the count refreshes of concurrent writers to one study."""
+    last: dict[str, Prepared] = {}
     for p in items:
-        first.setdefault(p.study_uid, p)
-    if not first:
-        return {}
-    for uid, p in first.items():
-        conn.execute(
-            _insert(conn)(dicom_study).on_conflict_do_nothing(),
-            {
-                "study_uid": uid,
-                "num_series": 0,
-                "num_instances": 0,
-                "updated": now,
-                **p.values["study"],
-            },
+        last[p.study_uid] = p
+    for uid in sorted(last):
+        values = last[uid].values["study"]
+        statement = _insert(conn)(dicom_study).values(
+            study_uid=uid, num_series=0, num_instances=0, updated=now, **values
         )
+        conn.execute(
+            statement.on_conflict_do_update(
+                index_elements=[dicom_study.c.study_uid], set_={**values, "updated": now}
+            )
+        )
+    if not last:
+        return {}
     return dict(
         conn.execute(
             select(dicom_study.c.study_uid, dicom_study.c.pk).where(
-                dicom_study.c.study_uid.in_(list(first))
+                dicom_study.c.study_uid.in_(list(last))
             )
         ).all()
     )
 
 
-def _series_pks(conn: Connection, items: list[Prepared], studies: dict[str, int]) -> dict[str, int]:
-    first: dict[str, Prepared] = {}
+def _upsert_series(
+    conn: Connection, items: list[Prepared], studies: dict[str, int]
+) -> dict[str, tuple[int, int]]:
+    """series UID -> (pk, study pk); a known series keeps its study (checked per item)."""
+    last: dict[str, Prepared] = {}
     for p in items:
-        first.setdefault(p.series_uid, p)
-    if not first:
-        return {}
-    for uid, p in first.items():
-        conn.execute(
-            _insert(conn)(dicom_series).on_conflict_do_nothing(),
-            {
-                "study_pk": studies[p.study_uid],
-                "series_uid": uid,
-                "num_instances": 0,
-                **p.values["series"],
-            },
+        last[p.series_uid] = p
+    for uid in sorted(last):
+        values = last[uid].values["series"]
+        statement = _insert(conn)(dicom_series).values(
+            study_pk=studies[last[uid].study_uid], series_uid=uid, num_instances=0, **values
         )
+        conn.execute(
+            statement.on_conflict_do_update(index_elements=[dicom_series.c.series_uid], set_=values)
+        )
+    if not last:
+        return {}
     rows = conn.execute(
         select(dicom_series.c.series_uid, dicom_series.c.pk, dicom_series.c.study_pk).where(
-            dicom_series.c.series_uid.in_(list(first))
+            dicom_series.c.series_uid.in_(list(last))
         )
     ).all()
-    for uid, _, study_pk in rows:
-        if study_pk != studies[first[uid].study_uid]:
-            raise Failure.mismatch("Series Instance UID already belongs to another study")
-    return {uid: pk for uid, pk, _ in rows}
+    return {uid: (pk, study_pk) for uid, pk, study_pk in rows}
+
+
+def _drop_empty_series(conn: Connection, study_pks: set[int]) -> None:
+    if not study_pks:
+        return
+    empty = select(dicom_series.c.pk).where(
+        dicom_series.c.study_pk.in_(list(study_pks)),
+        ~select(dicom_instance.c.pk)
+        .where(dicom_instance.c.series_pk == dicom_series.c.pk)
+        .exists(),
+    )
+    conn.execute(delete(dicom_series).where(dicom_series.c.pk.in_(empty)))
 
 
 def refresh_counts(conn: Connection, study_pks: Iterable[int], now: datetime) -> None:
@@ -284,13 +303,7 @@ def remove(conn: Connection, clause: Any) -> tuple[list[str], set[int]]:
         raise NotFound("Instance not found")
     _delete_instances(conn, [r.pk for r in rows])
     studies = {r.study_pk for r in rows}
-    empty_series = select(dicom_series.c.pk).where(
-        dicom_series.c.study_pk.in_(studies),
-        ~select(dicom_instance.c.pk)
-        .where(dicom_instance.c.series_pk == dicom_series.c.pk)
-        .exists(),
-    )
-    conn.execute(delete(dicom_series).where(dicom_series.c.pk.in_(empty_series)))
+    _drop_empty_series(conn, studies)
     return unreferenced(conn, {r.blob for r in rows}), studies
 
 

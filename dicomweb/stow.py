@@ -21,7 +21,7 @@ from python_multipart.multipart import MultipartParser
 
 from . import instance as parts
 from .blobs import BlobStore, BlobWriter
-from .errors import BadRequest, Failure, UnsupportedMedia
+from .errors import BadRequest, Failure, PayloadTooLarge, UnsupportedMedia
 from .negotiation import parse_media_type
 from .store import Prepared
 
@@ -71,8 +71,10 @@ class Part:
 class Receiver:
     """Feeds request-body chunks to a multipart parser, spooling each part to a blob writer."""
 
-    def __init__(self, blobs: BlobStore, boundary: str) -> None:
+    def __init__(self, blobs: BlobStore, boundary: str, limit: int | None = None) -> None:
         self.blobs = blobs
+        self.limit = limit
+        self.received = 0
         self.finished: list[Part] = []
         self._current: Part | None = None
         self._field = b""
@@ -95,6 +97,10 @@ class Receiver:
         self.ended = True
 
     def feed(self, chunk: bytes) -> None:
+        self.received += len(chunk)
+        if self.limit is not None and self.received > self.limit:
+            self.discard()
+            raise PayloadTooLarge(f"The body is larger than {self.limit} bytes")
         try:
             self._parser.write(chunk)
         except MultipartParseError as exc:

@@ -24,6 +24,7 @@ from .negotiation import parse_media_type
 from .stow import Outcome, Part
 
 DICOM_JSON = "application/dicom+json"
+JSON_BODY_LIMIT = 2 * 1024**3  # metadata + bulk data are assembled in memory
 
 
 def assemble(blobs: BlobStore, received: list[Part]) -> tuple[list[Part], list[Outcome]]:

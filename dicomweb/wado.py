@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from pydicom import Dataset, dcmread
+from pydicom import Dataset, dcmread, dcmwrite
 from pydicom.encaps import get_frame
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian
@@ -66,14 +66,23 @@ def instance_parts(
 
 
 def transcode(blobs: BlobStore, key: str) -> bytes:
-    """Explicit VR Little Endian bytes of a stored instance (decompressing its pixel data)."""
+    """Explicit VR Little Endian bytes of a stored instance (decompressing its pixel data;
+    a big-endian instance has its elements re-encoded and its pixel words swapped)."""
     with blobs.open(key) as source:
         dataset = dcmread(source)
-    if UID(dataset.file_meta.TransferSyntaxUID).is_compressed:
+    syntax = UID(dataset.file_meta.TransferSyntaxUID)
+    if syntax.is_compressed:
         dataset.decompress()
+    elif not syntax.is_little_endian:
+        pixels = pixel_array(dataset, raw=True) if "PixelData" in dataset else None
+        for _ in dataset.iterall():  # decode every element from big endian first
+            pass
+        if pixels is not None:
+            dataset.PixelData = pixels.astype(pixels.dtype.newbyteorder("<")).tobytes()
     dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset.preamble = dataset.preamble or b"\0" * 128
     out = io.BytesIO()
-    dataset.save_as(out, implicit_vr=False, little_endian=True, enforce_file_format=True)
+    dcmwrite(out, dataset, implicit_vr=False, little_endian=True, force_encoding=True)
     return out.getvalue()
 
 
@@ -215,11 +224,13 @@ def _viewport(image: Image.Image, viewport: str) -> Image.Image:
         raise BadRequest("viewport must be vw,vh[,sx,sy,sw,sh]") from None
     if len(numbers) not in (2, 6) or not numbers[0] or not numbers[1]:
         raise BadRequest("viewport must be vw,vh[,sx,sy,sw,sh]")
-    if len(numbers) == 6:
-        sx, sy = numbers[2] or 0, numbers[3] or 0
-        sw = numbers[4] or image.width - sx
-        sh = numbers[5] or image.height - sy
-        image = image.crop((int(sx), int(sy), int(sx + sw), int(sy + sh)))
+    if len(numbers) == 6:  # the source region, clamped to the image
+        sx = min(max(int(numbers[2] or 0), 0), image.width - 1)
+        sy = min(max(int(numbers[3] or 0), 0), image.height - 1)
+        sw = int(numbers[4] or image.width - sx)
+        sh = int(numbers[5] or image.height - sy)
+        right, bottom = min(image.width, sx + max(sw, 1)), min(image.height, sy + max(sh, 1))
+        image = image.crop((sx, sy, right, bottom))
     width, height = int(numbers[0]), int(numbers[1])
     if width <= 0 or height <= 0 or width > 8192 or height > 8192:
         raise BadRequest("viewport size must be between 1 and 8192")

@@ -18,7 +18,8 @@ from urllib.parse import parse_qsl, urlencode
 import jsonpatch
 from sqlalchemy import and_, or_
 
-from . import jsonio, models, summary
+from . import access, jsonio, models, summary
+from .access import Access
 from .errors import (
     FhirError,
     InvalidRequest,
@@ -115,6 +116,7 @@ class Request:
     headers: Mapping[str, str] = field(default_factory=dict)  # lower-case names
     body: Any = None  # parsed JSON (a resource, or a JSON Patch document)
     base: str = ""  # absolute FHIR base URL, no trailing slash
+    access: Access | None = None  # what the caller may do; None: no authorisation
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name)
@@ -176,6 +178,8 @@ class Interactions:
         self.options = options
 
     def run(self, repo: Repository, req: Request, where: Route) -> Response:
+        if where.interaction != "search-system":  # checked once its types are known
+            access.check(req.access, where.interaction, [where.type] if where.type else None)
         handler = getattr(self, "_" + where.interaction.replace("-", "_"))
         response: Response = handler(repo, req, where)
         return response
@@ -328,6 +332,7 @@ class Interactions:
                 raise InvalidRequest(
                     f"Unknown _type {unknown[0][:64] if unknown else ''}", ("_type",)
                 )
+            access.check(req.access, "search-system", types)
             return self._search(repo, req, state, types, req.base)
         for name, _ in params:
             base = name.partition(":")[0]
@@ -335,6 +340,7 @@ class Interactions:
                 raise InvalidRequest(
                     f"Searching all types by {name[:64]} needs _type", (name,), code="not-supported"
                 )
+        access.check(req.access, "search-system", None)
         return self._search(repo, req, state, None, req.base)
 
     def _search(
@@ -407,6 +413,8 @@ class Interactions:
             shape = (crit.summary, crit.elements)
             entries += [_entry(req.base, stored, "match", shape) for _, stored in page]
             included = repo.included(page, crit.include, crit.revinclude, self.options.max_count)
+            if req.access is not None:  # included resources need read scope for their type
+                included = [s for s in included if req.access.allows(s.type, "r")]
             entries += [_entry(req.base, stored, "include", shape) for stored in included]
             if len(hits) > crit.count:
                 last_pk, last_values, _ = hits[crit.count - 1]

@@ -56,6 +56,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_results=settings.qido_max_results,
         extra_tags={kw: tag_hex(kw) for kw in settings.dicom_extra_query_tags},
         patient_system=settings.dicom_patient_id_system,
+        public_base=settings.dicomweb_base_url.rstrip("/") if settings.dicomweb_base_url else None,
+        max_body_bytes=settings.dicomweb_max_body_bytes,
     )
     metrics = Metrics()
 

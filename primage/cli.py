@@ -118,6 +118,19 @@ def dicom_reindex(batch: int) -> None:
     app.state.database.engine.dispose()
 
 
+@dicom.command("gc")
+def dicom_gc() -> None:
+    """Delete blobs that no instance names (older than the grace period)."""
+    from .app import create_app
+
+    settings = Settings()
+    db.upgrade(settings.database())
+    app = create_app(settings)
+    seen = app.state.archive.collect_garbage()
+    app.state.database.engine.dispose()
+    click.echo(f"examined {seen} blobs")
+
+
 def _progress(steps: Iterator[Progress], label: str) -> int:
     first = next(steps)
     with click.progressbar(length=first.total, label=label) as bar:

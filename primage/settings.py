@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     s3_secret_access_key: SecretStr | None = None
     dicom_duplicates: Literal["reject", "replace"] = "reject"  # same SOP UID, other bytes
     qido_max_results: int = 1000
+    dicomweb_max_body_bytes: int = 64 * 1024**3  # per STOW request (streamed to disk)
     # Further attributes QIDO can match on (keywords); `primage dicom reindex` fills them in
     # for instances stored before they were added.
     dicom_extra_query_tags: list[str] = []

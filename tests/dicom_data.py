@@ -108,10 +108,27 @@ def rle(ds: Dataset) -> Dataset:
     return copy
 
 
-def jpeg2000(study_uid: str, series_uid: str) -> Dataset:
-    """pydicom's JPEG 2000 lossless MR file, moved into the given study and series."""
+STUDY_LEVEL = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "StudyID",
+    "ReferringPhysicianName",
+    "StudyDescription",
+)
+
+
+def jpeg2000(study_uid: str, series_uid: str, like: Dataset | None = None) -> Dataset:
+    """pydicom's JPEG 2000 lossless MR file, moved into the given study and series (with the
+    patient and study attributes of `like`, as one study's instances have)."""
     ds = dcmread(get_testdata_file("MR_small_jp2klossless.dcm"))
     ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+    for keyword in STUDY_LEVEL if like is not None else ():
+        setattr(ds, keyword, like.get(keyword))
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     return ds
 

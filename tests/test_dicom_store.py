@@ -116,6 +116,7 @@ def test_the_archive_on_s3_end_to_end(s3, database_url: str, tmp_path: Path) -> 
         s3_secret_access_key="test",
     )
     app = create_app(settings)
+    app.state.archive.blob_grace = 0
     with TestClient(app) as web:
         datasets = data.study(ct=2, mr=1, patient_id="PAT-S3")
         assert _stow(web, datasets).status_code == 200
@@ -128,6 +129,16 @@ def test_the_archive_on_s3_end_to_end(s3, database_url: str, tmp_path: Path) -> 
             headers={"Accept": 'multipart/related; type="application/octet-stream"'},
         )
         assert frame.status_code == 200 and one.PixelData in frame.content
+        rendered = web.get(
+            f"/dicomweb/studies/{one.StudyInstanceUID}/series/{one.SeriesInstanceUID}"
+            f"/instances/{one.SOPInstanceUID}/rendered"
+        )
+        assert rendered.status_code == 200  # pydicom reads (and seeks in) an S3 object
+        default = web.get(
+            f"/dicomweb/studies/{one.StudyInstanceUID}/series/{one.SeriesInstanceUID}",
+            headers={"Accept": 'multipart/related; type="application/dicom"'},
+        )
+        assert default.status_code == 200
         study = web.get(
             f"/dicomweb/studies/{one.StudyInstanceUID}",
             headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
@@ -140,10 +151,19 @@ def test_the_archive_on_s3_end_to_end(s3, database_url: str, tmp_path: Path) -> 
     app.state.database.engine.dispose()
 
 
-def test_concurrent_stows_into_one_study(live_server: str) -> None:
-    """Two clients storing halves of one new study at once: both succeed, counts add up."""
+@pytest.mark.parametrize("existing", [False, True], ids=["new-study", "existing-study"])
+def test_concurrent_stows_into_one_study(live_server: str, existing: bool) -> None:
+    """Two clients storing halves of one study at once: both succeed, counts add up (for a
+    study already stored too, where no insert conflict serialises the two writers)."""
     datasets = data.study(ct=6, mr=6, patient_id="PAT-RACE")
-    halves = [datasets[::2], datasets[1::2]]
+    if existing:
+        first = httpx.post(
+            f"{live_server}/dicomweb/studies",
+            content=data.multipart([data.part10(datasets[0])]),
+            headers={"Content-Type": data.stow_type()},
+        )
+        assert first.status_code == 200
+    halves = [datasets[1::2], datasets[2::2]] if existing else [datasets[::2], datasets[1::2]]
     results: list[int] = []
 
     def send(part) -> None:
@@ -186,3 +206,26 @@ def test_cors_for_configured_viewers(database_url: str, tmp_path: Path) -> None:
         other = web.get("/dicomweb/studies", headers={"Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in other.headers
     app.state.database.engine.dispose()
+
+
+def test_garbage_collection_removes_only_unreferenced_old_blobs(
+    app, client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive = app.state.archive
+    kept = data.study(ct=1, mr=0)[0]
+    assert _stow(client, [kept]).status_code == 200
+    writer = archive.blobs.writer()
+    writer.write(b"an orphan: no instance row names it")
+    orphan = archive.blobs.commit(writer)
+    archive.collect_garbage()
+    assert orphan in set(archive.blobs.keys())  # younger than the grace period
+    monkeypatch.setattr(archive, "blob_grace", 0)
+    archive.collect_garbage()
+    keys = set(archive.blobs.keys())
+    assert orphan not in keys
+    meta = client.get(
+        f"/dicomweb/studies/{kept.StudyInstanceUID}/series/{kept.SeriesInstanceUID}"
+        f"/instances/{kept.SOPInstanceUID}",
+        headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
+    )
+    assert meta.status_code == 200  # a referenced blob survives

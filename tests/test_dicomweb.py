@@ -32,9 +32,17 @@ def stored(web: DICOMwebClient) -> dict[str, object]:
     datasets = data.study(patient_id="PAT-READ", accession="ACC-READ", study_date="20230610")
     uid = datasets[0].StudyInstanceUID
     ct_series, mr_series = datasets[0].SeriesInstanceUID, datasets[-1].SeriesInstanceUID
-    compressed = [data.rle(datasets[0]), data.jpeg2000(uid, mr_series)]
+    compressed = [data.rle(datasets[0]), data.jpeg2000(uid, mr_series, datasets[0])]
     multiframe = data.image(
-        uid, generate_uid(), 1, modality="NM", series_number=3, frames=4, patient_id="PAT-READ"
+        uid,
+        generate_uid(),
+        1,
+        modality="NM",
+        series_number=3,
+        frames=4,
+        patient_id="PAT-READ",
+        accession="ACC-READ",
+        study_date="20230610",
     )
     everything = datasets + compressed + [multiframe]
     response = web.store_instances(everything)
@@ -173,6 +181,7 @@ def test_replace_policy_replaces_and_frees_the_old_blob(
     app, web: DICOMwebClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(app.state.archive, "duplicates", "replace")
+    monkeypatch.setattr(app.state.archive, "blob_grace", 0)
     ds = data.study(ct=1, mr=0)[0]
     web.store_instances([ds])
     blobs_before = _blob_files(app)
@@ -516,7 +525,10 @@ def test_a_second_study_of_the_patient_links_to_the_same_patient(
 # --- delete -----------------------------------------------------------------------------------
 
 
-def test_delete_instance_series_and_study(app, web: DICOMwebClient, client) -> None:
+def test_delete_instance_series_and_study(
+    app, web: DICOMwebClient, client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(app.state.archive, "blob_grace", 0)
     datasets = data.study(ct=2, mr=1)
     web.store_instances(datasets)
     uid, ct = datasets[0].StudyInstanceUID, datasets[0].SeriesInstanceUID
@@ -582,7 +594,7 @@ def _json_and_bulk(datasets: list[Dataset], boundary: str = "json-bulk") -> tupl
 
 def test_stow_metadata_with_bulk_data(web: DICOMwebClient, live_server: str) -> None:
     native = data.study(ct=2, mr=0, patient_id="PAT-JSON")
-    j2k = data.jpeg2000(native[0].StudyInstanceUID, native[0].SeriesInstanceUID)
+    j2k = data.jpeg2000(native[0].StudyInstanceUID, native[0].SeriesInstanceUID, native[0])
     body, content_type = _json_and_bulk([*native, j2k])
     r = httpx.post(
         f"{live_server}/dicomweb/studies", content=body, headers={"Content-Type": content_type}
@@ -649,3 +661,107 @@ def test_a_body_cut_short_keeps_the_whole_parts_and_says_where_it_broke(
     assert len(result.ReferencedSOPSequence) == 2
     assert [i.FailureReason for i in result.FailedSOPSequence] == [0xC000]
     assert "broke off" in r.headers["Warning"]
+
+
+# --- review findings: each would fail without its fix ------------------------------------------
+
+
+def _moved(name: str, like: Dataset) -> Dataset:
+    """A pydicom test file moved into `like`'s study, in a new series, with a new SOP UID."""
+    from pydicom.data import get_testdata_file
+
+    ds = dcmread(get_testdata_file(name))
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = like.StudyInstanceUID, generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    for keyword in data.STUDY_LEVEL:
+        setattr(ds, keyword, like.get(keyword))
+    return ds
+
+
+def test_big_endian_instances_transcode_to_little_endian(web: DICOMwebClient) -> None:
+    like = data.study(ct=1, mr=0)[0]
+    big = _moved("MR_small_bigendian.dcm", like)
+    web.store_instances([big])
+    got = web.retrieve_instance(
+        big.StudyInstanceUID,
+        big.SeriesInstanceUID,
+        big.SOPInstanceUID,
+        media_types=(("application/dicom", ExplicitVRLittleEndian),),
+    )
+    assert got.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert np.array_equal(got.pixel_array, big.pixel_array)
+    assert got.PatientName == like.PatientName
+
+
+def test_an_unknown_transfer_syntax_is_refused(live_server: str) -> None:
+    ds = data.study(ct=1, mr=0)[0]
+    raw = data.part10(ds).replace(b"1.2.840.10008.1.2.1\x00", b"1.2.3.4.5.6.7.8.9.10")
+    r = httpx.post(
+        f"{live_server}/dicomweb/studies",
+        content=data.multipart([raw]),
+        headers={"Content-Type": data.stow_type()},
+    )
+    assert r.status_code == 409
+    assert Dataset.from_json(r.json()).FailedSOPSequence[0].FailureReason == 0xC122
+
+
+def test_no_accept_header_means_the_default_media_type(live_server: str, stored: dict) -> None:
+    with httpx.Client() as http:
+        del http.headers["accept"]
+        base = f"{live_server}/dicomweb/studies/{stored['study']}"
+        assert http.get(f"{live_server}/dicomweb/studies").status_code == 200
+        assert http.get(f"{base}/metadata").headers["content-type"] == DICOM_JSON
+        nm: Dataset = stored["nm"]
+        rendered = http.get(
+            f"{base}/series/{nm.SeriesInstanceUID}/instances/{nm.SOPInstanceUID}/rendered"
+        )
+        assert rendered.headers["content-type"] == "image/jpeg"
+        assert http.get(base).headers["content-type"].startswith("multipart/related")
+
+
+def test_a_huge_viewport_region_is_clamped(live_server: str, stored: dict) -> None:
+    nm: Dataset = stored["nm"]
+    url = (
+        f"{live_server}/dicomweb/studies/{nm.StudyInstanceUID}/series/{nm.SeriesInstanceUID}"
+        f"/instances/{nm.SOPInstanceUID}/rendered"
+    )
+    r = httpx.get(url, params={"viewport": "64,64,0,0,60000,60000"})
+    assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).size == (64, 64)
+
+
+def test_non_ascii_in_a_query_key_is_a_400(live_server: str) -> None:
+    r = httpx.get(f"{live_server}/dicomweb/studies", params={"Pätient€": "x"})
+    assert r.status_code == 400
+    assert r.headers["Warning"].isascii()
+
+
+def test_sequence_bulk_data_stays_inline(web: DICOMwebClient) -> None:
+    ds = data.study(ct=1, mr=0)[0]
+    icon = Dataset()
+    icon.Rows = icon.Columns = 32
+    icon.SamplesPerPixel, icon.BitsAllocated, icon.BitsStored, icon.HighBit = 1, 8, 8, 7
+    icon.PhotometricInterpretation, icon.PixelRepresentation = "MONOCHROME2", 0
+    icon.PixelData = bytes(range(256)) * 4
+    ds.IconImageSequence = [icon]
+    web.store_instances([ds])
+    meta = web.retrieve_instance_metadata(
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
+    )
+    nested = meta["00880200"]["Value"][0]["7FE00010"]
+    assert "InlineBinary" in nested and "BulkDataURI" not in nested
+    assert "BulkDataURI" in meta["7FE00010"]
+
+
+def test_replace_into_another_study_updates_both(
+    app, web: DICOMwebClient, client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(app.state.archive, "duplicates", "replace")
+    first = data.study(ct=2, mr=0)
+    web.store_instances(first)
+    moved = first[1]
+    other = data.study(ct=1, mr=0)[0]
+    moved.StudyInstanceUID, moved.SeriesInstanceUID = other.StudyInstanceUID, generate_uid()
+    web.store_instances([other, moved])
+    old = client.get(f"/fhir/ImagingStudy/{first[0].StudyInstanceUID}").json()
+    new = client.get(f"/fhir/ImagingStudy/{other.StudyInstanceUID}").json()
+    assert old["numberOfInstances"] == 1 and new["numberOfInstances"] == 2
