@@ -3,7 +3,8 @@
 A blob's key is the SHA-256 of its bytes. The writer hashes while it spools to a local
 temporary file; `commit` then makes the blob visible in one atomic step (a rename on a
 filesystem, one PUT on S3), so a crash leaves either no blob or a whole one, never a
-partial file under a real key. Index rows name blobs only after `commit` returned.
+partial file under a real key; `sync` makes a batch of them durable. Index rows name blobs
+only after both returned.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -23,12 +24,11 @@ CHUNK = 1024 * 1024
 class BlobWriter:
     """A temporary local file that hashes what is written to it."""
 
-    def __init__(self, folder: Path, *, fsync: bool = False) -> None:
+    def __init__(self, folder: Path) -> None:
         self.path = folder / f"{uuid.uuid4().hex}.part"
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         self.file: BinaryIO = os.fdopen(fd, "wb")
         self._hash = hashlib.sha256()
-        self._fsync = fsync
         self.size = 0
 
     def write(self, data: bytes | memoryview) -> None:
@@ -37,12 +37,8 @@ class BlobWriter:
         self.size += len(data)
 
     def close(self) -> str:
-        """Closes the file (on disk first, when the store asks for durability); returns the
-        key (hex SHA-256 of the content)."""
+        """Closes the file; returns the key (hex SHA-256 of the content)."""
         if not self.file.closed:
-            if self._fsync:
-                self.file.flush()
-                os.fsync(self.file.fileno())
             self.file.close()
         return self._hash.hexdigest()
 
@@ -55,7 +51,11 @@ class BlobStore(Protocol):
     def writer(self) -> BlobWriter: ...
 
     def commit(self, writer: BlobWriter) -> str:
-        """Make the written bytes durable and visible under their key; returns the key."""
+        """Make the written bytes visible under their key (atomically); returns the key."""
+        ...
+
+    def sync(self, keys: Iterable[str]) -> None:
+        """Make committed blobs durable: called before the index rows naming them commit."""
         ...
 
     def open(self, key: str) -> BinaryIO: ...
@@ -91,7 +91,7 @@ class FileBlobStore:
         return self.root / key[:2] / key
 
     def writer(self) -> BlobWriter:
-        return BlobWriter(self.tmp, fsync=self.fsync)
+        return BlobWriter(self.tmp)
 
     def commit(self, writer: BlobWriter) -> str:
         key = writer.close()
@@ -102,13 +102,20 @@ class FileBlobStore:
             target.parent.mkdir(parents=True, exist_ok=True)
             self._folders.add(target.parent)
         os.replace(writer.path, target)
-        if self.fsync:  # the rename itself must survive a crash too
-            folder = os.open(target.parent, os.O_RDONLY)
-            try:
-                os.fsync(folder)
-            finally:
-                os.close(folder)
         return key
+
+    def sync(self, keys: Iterable[str]) -> None:
+        """fsync a batch of blobs, then their folders (so the renames last too). One batch
+        costs about one journal commit: the first fsync flushes the others' data with it."""
+        if not self.fsync:
+            return
+        folders = set()
+        for key in keys:
+            path = self._path(key)
+            _fsync(path)
+            folders.add(path.parent)
+        for folder in folders:
+            _fsync(folder)
 
     def open(self, key: str) -> BinaryIO:
         return self._path(key).open("rb")
@@ -175,6 +182,9 @@ class S3BlobStore:
     def local_path(self, key: str) -> Path | None:
         return None
 
+    def sync(self, keys: Iterable[str]) -> None:
+        """Nothing to do: S3 acknowledges a PUT once the object is stored durably."""
+
     def keys(self) -> Iterator[str]:
         pages = self.client.get_paginator("list_objects_v2")
         for page in pages.paginate(Bucket=self.bucket, Prefix=self.prefix):
@@ -191,6 +201,14 @@ class S3BlobStore:
             if time.time() - head["LastModified"].timestamp() < grace:
                 return
         self.client.delete_object(Bucket=self.bucket, Key=name)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def chunks(store: BlobStore, key: str, size: int = CHUNK) -> Iterator[bytes]:

@@ -129,6 +129,7 @@ class Archive:
 
     def _commit(self, waiting: list[Outcome], base: str) -> None:
         items = [o.prepared for o in waiting if o.prepared is not None]
+        self.blobs.sync(p.blob for p in items)  # durable before any row names them
         for attempt in (1, 2):
             try:
                 with self.write() as repo:

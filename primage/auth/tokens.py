@@ -1,0 +1,228 @@
+"""Access tokens (RFC 9068-style JWTs) and client assertions (RFC 7523, SMART Backend
+Services): issuing, validating, revoking, and refusing replays.
+
+    InvalidToken    a bearer token that is malformed, forged, expired, revoked, or for
+                    another issuer or audience -> 401 at the resource server
+    InvalidClient   client authentication failed -> 401 invalid_client at the token endpoint
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwt import JWTClaimsRegistry
+from sqlalchemy import delete, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from fhir_server.repository import Repository
+
+from .clients import Client
+from .keys import ALGORITHM, KeyRing
+from .schema import oauth_assertion, oauth_revoked
+
+ASSERTION_ALGORITHMS = ("RS384", "ES384")  # SMART Backend Services
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+MAX_ASSERTION_LIFETIME = 300  # SMART: exp no more than five minutes in the future
+LEEWAY = 30
+
+
+class InvalidToken(Exception):
+    pass
+
+
+class InvalidClient(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling, from a validated access token."""
+
+    client_id: str
+    scopes: tuple[str, ...]
+    site: str | None
+    jti: str
+    expires: int
+
+
+Session = Callable[[], AbstractContextManager[Repository]]
+
+
+class Revocations:
+    """Revoked jtis, shared through the database; each worker re-reads what is new at most
+    once a second, so a revocation takes effect everywhere within about a second."""
+
+    def __init__(self, read: Session, write: Session, interval: float = 1.0) -> None:
+        self._read, self._write = read, write
+        self._interval = interval
+        self._seen: set[str] = set()
+        self._since = datetime.fromtimestamp(0, UTC)
+        self._checked = 0.0
+        self._lock = threading.Lock()
+
+    def revoke(self, jti: str, expires: int) -> None:
+        with self._write() as repo:
+            found = repo.conn.execute(
+                select(oauth_revoked.c.jti).where(oauth_revoked.c.jti == jti)
+            ).first()
+            if found is None:
+                repo.conn.execute(
+                    insert(oauth_revoked).values(
+                        jti=jti,
+                        revoked=datetime.now(UTC),
+                        expires=datetime.fromtimestamp(expires, UTC),
+                    )
+                )
+        self._checked = 0.0
+
+    def is_revoked(self, jti: str) -> bool:
+        if time.monotonic() - self._checked > self._interval:
+            self._refresh()
+        return jti in self._seen
+
+    def _refresh(self) -> None:
+        with self._lock:
+            with self._read() as repo:
+                rows = repo.conn.execute(
+                    select(oauth_revoked.c.jti, oauth_revoked.c.revoked).where(
+                        oauth_revoked.c.revoked >= self._since - timedelta(seconds=5)
+                    )
+                ).all()
+            self._seen.update(jti for jti, _ in rows)
+            self._since = max([self._since, *(r for _, r in rows)])
+            self._checked = time.monotonic()
+            if len(self._seen) > 100_000:  # expired entries are harmless; keep memory bounded
+                self._seen = {jti for jti, _ in rows}
+
+
+class Tokens:
+    def __init__(
+        self,
+        keys: KeyRing,
+        revocations: Revocations,
+        write: Session,
+        lifetime: int = 300,
+    ) -> None:
+        self.keys = keys
+        self.revocations = revocations
+        self._write = write
+        self.lifetime = lifetime
+        self._valid: dict[str, Principal] = {}  # token -> principal, for tokens seen before
+
+    def issue(self, client: Client, scopes: list[str], issuer: str) -> tuple[str, int]:
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "iss": issuer,
+            "sub": client.client_id,
+            "aud": issuer,
+            "client_id": client.client_id,
+            "scope": " ".join(scopes),
+            "iat": now,
+            "exp": now + self.lifetime,
+            "jti": uuid.uuid4().hex,
+        }
+        if client.site:
+            claims["site"] = client.site
+        key = self.keys.signing_key()
+        header = {"alg": ALGORITHM, "kid": key.kid, "typ": "at+jwt"}
+        return jwt.encode(header, claims, key, algorithms=[ALGORITHM]), self.lifetime
+
+    def validate(self, token: str, issuer: str) -> Principal:
+        """The principal of a valid token for this issuer; InvalidToken otherwise."""
+        known = self._valid.get(token)
+        if known is None:
+            known = self._decode(token, issuer)
+            if len(self._valid) > 10_000:
+                self._valid.clear()
+            self._valid[token] = known
+        if known.expires + LEEWAY < time.time():
+            raise InvalidToken("The access token has expired")
+        if self.revocations.is_revoked(known.jti):
+            raise InvalidToken("The access token was revoked")
+        return known
+
+    def _decode(self, token: str, issuer: str) -> Principal:
+        try:
+            decoded = jwt.decode(
+                token,
+                lambda obj: self.keys.verification_keys(obj.headers().get("kid")),
+                algorithms=[ALGORITHM],
+            )
+            JWTClaimsRegistry(
+                leeway=LEEWAY,
+                iss={"essential": True, "value": issuer},
+                aud={"essential": True, "value": issuer},
+                exp={"essential": True},
+                jti={"essential": True},
+                sub={"essential": True},
+            ).validate(decoded.claims)
+        except (JoseError, ValueError, TypeError) as exc:
+            raise InvalidToken(f"The access token is not valid ({type(exc).__name__})") from exc
+        claims = decoded.claims
+        if decoded.header.get("typ") != "at+jwt":
+            raise InvalidToken("Not an access token")
+        return Principal(
+            client_id=str(claims["sub"]),
+            scopes=tuple(str(claims.get("scope", "")).split()),
+            site=claims.get("site"),
+            jti=str(claims["jti"]),
+            expires=int(claims["exp"]),
+        )
+
+    def check_assertion(self, assertion: str, client: Client, audiences: set[str]) -> None:
+        """A SMART Backend Services client assertion: signed with one of the client's keys
+        (RS384/ES384), iss = sub = client_id, aud = the token endpoint, exp at most five
+        minutes ahead, and a jti never used before."""
+        key_set = client.key_set()
+        if key_set is None:
+            raise InvalidClient("The client has no registered JWKS")
+        try:
+            decoded = jwt.decode(assertion, key_set, algorithms=list(ASSERTION_ALGORITHMS))
+        except (JoseError, ValueError, TypeError) as exc:
+            raise InvalidClient(
+                f"The client assertion is not valid ({type(exc).__name__})"
+            ) from exc
+        claims = decoded.claims
+        now = time.time()
+        try:
+            JWTClaimsRegistry(
+                leeway=LEEWAY,
+                iss={"essential": True, "value": client.client_id},
+                sub={"essential": True, "value": client.client_id},
+                exp={"essential": True},
+                jti={"essential": True},
+            ).validate(claims)
+        except JoseError as exc:
+            raise InvalidClient(f"The client assertion's claims are wrong ({exc.error})") from exc
+        aud = claims.get("aud")
+        if not (set(aud) if isinstance(aud, list) else {aud}) & audiences:
+            raise InvalidClient("The client assertion's aud is not this token endpoint")
+        expires = int(claims["exp"])
+        if expires > now + MAX_ASSERTION_LIFETIME + LEEWAY:
+            raise InvalidClient("The client assertion expires too far in the future")
+        self._remember_jti(client.client_id, str(claims["jti"]), expires)
+
+    def _remember_jti(self, client_id: str, jti: str, expires: int) -> None:
+        try:
+            with self._write() as repo:
+                repo.conn.execute(
+                    delete(oauth_assertion).where(oauth_assertion.c.expires < datetime.now(UTC))
+                )
+                repo.conn.execute(
+                    insert(oauth_assertion).values(
+                        client_id=client_id,
+                        jti=jti[:255],
+                        expires=datetime.fromtimestamp(expires + LEEWAY, UTC),
+                    )
+                )
+        except IntegrityError:
+            raise InvalidClient("The client assertion was used before (jti replay)") from None
