@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
 
 from . import negotiation, qido, wado
-from .errors import DicomWebError, NotAcceptable
+from .errors import DicomWebError, Forbidden, NotAcceptable
 from .instance import frames
 from .service import Archive, StoreResult
 
@@ -37,6 +37,18 @@ def error_response(exc: DicomWebError) -> Response:
     )
 
 
+# DICOMweb maps to ImagingStudy scopes (SMART v2 letters).
+SEARCH, READ, CREATE, DELETE = "s", "r", "c", "d"
+
+
+def _require(request: Request, permission: str) -> None:
+    """403 unless the caller's token allows `permission` on ImagingStudy (no Access on the
+    request: the server runs without authorisation)."""
+    access = getattr(request.state, "access", None)
+    if access is not None and not access.allows("ImagingStudy", permission):
+        raise Forbidden(f"The token's scopes do not allow this on ImagingStudy ({permission})")
+
+
 def _base(request: Request, configured: str | None) -> str:
     return configured.rstrip("/") if configured else str(request.base_url).rstrip("/") + "/dicomweb"
 
@@ -60,6 +72,7 @@ def build_router(archive: Archive, base_url: str | None = None) -> APIRouter:
     # --- STOW-RS ---------------------------------------------------------------------------
 
     async def stow(request: Request) -> Response:
+        _require(request, CREATE)
         _json_accepted(request)
         study = request.path_params.get("study")
         base = _base(request, base_url)
@@ -81,6 +94,7 @@ def build_router(archive: Archive, base_url: str | None = None) -> APIRouter:
 
     def search(level: qido.Level) -> Any:
         async def handler(request: Request) -> Response:
+            _require(request, SEARCH)
             _json_accepted(request)
             path = request.path_params
             where = {KEYS[k]: v for k, v in path.items() if k in KEYS}
@@ -105,6 +119,7 @@ def build_router(archive: Archive, base_url: str | None = None) -> APIRouter:
     # --- WADO-RS: instances ----------------------------------------------------------------
 
     async def retrieve(request: Request) -> Response:
+        _require(request, READ)
         accept = negotiation.parse_accept(request.headers.get("accept"))
         rows = await run_in_threadpool(archive.rows, *_uids(request))
         syntax = negotiation.instance_syntax(accept, {r.transfer_syntax for r in rows})
@@ -119,6 +134,7 @@ def build_router(archive: Archive, base_url: str | None = None) -> APIRouter:
     router.add_api_route(INSTANCE, retrieve, methods=["GET"])
 
     async def metadata(request: Request) -> Response:
+        _require(request, READ)
         _json_accepted(request)
         documents = await run_in_threadpool(archive.metadata, *_uids(request))
         body = wado.metadata_body(documents, _base(request, base_url))
@@ -136,6 +152,7 @@ def build_router(archive: Archive, base_url: str | None = None) -> APIRouter:
         return rows[0], dataset
 
     async def frame_list(request: Request, numbers: str | None = None) -> Response:
+        _require(request, READ)
         accept = negotiation.parse_accept(request.headers.get("accept"))
         wanted = numbers or request.path_params["numbers"]
         media, part_type, data = await run_in_threadpool(
@@ -148,6 +165,7 @@ def build_router(archive: Archive, base_url: str | None = None) -> APIRouter:
     router.add_api_route(INSTANCE + "/frames/{numbers}", frame_list, methods=["GET"])
 
     async def bulkdata(request: Request) -> Response:
+        _require(request, READ)
         tag = request.path_params["tag"]
         if tag.upper() == "7FE00010":  # pixel data: every frame, as the frames resource
             return await frame_list(request, "all")
@@ -170,6 +188,7 @@ def build_router(archive: Archive, base_url: str | None = None) -> APIRouter:
     async def _render(request: Request, *, thumbnail: bool) -> Response:
         """One frame as an image; a multi-frame instance renders its first frame (its middle
         one as a thumbnail), and a study's or series' thumbnail is its middle instance's."""
+        _require(request, READ)
         media = negotiation.rendered_media(negotiation.parse_accept(request.headers.get("accept")))
         rows = await run_in_threadpool(archive.rows, *_uids(request))
         row = rows[len(rows) // 2]
@@ -204,6 +223,7 @@ def build_router(archive: Archive, base_url: str | None = None) -> APIRouter:
     # --- delete ----------------------------------------------------------------------------
 
     async def remove(request: Request) -> Response:
+        _require(request, DELETE)
         await run_in_threadpool(archive.delete, *_uids(request), _base(request, base_url))
         return Response(status_code=204)
 

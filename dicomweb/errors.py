@@ -26,6 +26,10 @@ class BadRequest(DicomWebError):
     status = 400
 
 
+class Forbidden(DicomWebError):
+    status = 403
+
+
 class NotFound(DicomWebError):
     status = 404
 

@@ -51,6 +51,7 @@ def build_router(service: FhirService, *, max_body_bytes: int, base_url: str | N
                 headers={k: v for k, v in request.headers.items()},
                 body=_parse_body(request, body),
                 base=base_url or str(request.base_url).rstrip("/") + "/fhir",
+                access=getattr(request.state, "access", None),
             )
         except FhirError as err:
             request.state.route_label = "fhir:rejected"

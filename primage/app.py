@@ -25,6 +25,11 @@ from fhir_server.searchparams import base_registry
 from fhir_server.service import FhirService
 
 from . import blobs, db
+from .auth import server as auth_server
+from .auth.clients import Clients
+from .auth.keys import KeyRing
+from .auth.middleware import BearerAuth
+from .auth.tokens import Revocations, Tokens
 from .metrics import Metrics, MetricsMiddleware
 from .settings import Settings
 
@@ -60,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_body_bytes=settings.dicomweb_max_body_bytes,
     )
     metrics = Metrics()
+    auth = _auth_server(settings, database) if settings.auth_enabled else None
 
     app = FastAPI(title="primage", version="0.1.0", docs_url="/docs", redoc_url=None)
     app.state.settings = settings
@@ -67,6 +73,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.indexer = indexer
     app.state.fhir = service
     app.state.archive = archive
+    app.state.auth = auth
+    if auth is not None:
+        app.add_middleware(BearerAuth, tokens=auth.tokens, issuer=auth.issuer)
+        app.include_router(auth_server.build_router(auth))  # before /fhir/{path}
+    else:
+        log.warning("PRIMAGE_AUTH_ENABLED=false: every request is served without a token")
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     if settings.cors_origins:
         app.add_middleware(
@@ -108,6 +120,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.router.add_event_handler("shutdown", engine.dispose)
     return app
+
+
+def _auth_server(settings: Settings, database: db.Database) -> auth_server.AuthServer:
+    keys = KeyRing(database.read, database.write, settings.secret(), settings.auth_token_lifetime)
+    revocations = Revocations(database.read, database.write)
+    tokens = Tokens(keys, revocations, database.write, settings.auth_token_lifetime)
+    issuer = settings.auth_issuer.rstrip("/") if settings.auth_issuer else None
+    limit = auth_server.RateLimit(settings.auth_token_rate, settings.auth_token_burst)
+    return auth_server.AuthServer(Clients(database.read, database.write), tokens, issuer, limit)
 
 
 def create_app_from_env() -> FastAPI:

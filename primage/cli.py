@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import click
 import uvicorn
@@ -12,6 +14,7 @@ from sqlalchemy.engine import make_url
 from fhir_server.reindex import Progress
 
 from . import db
+from .auth.clients import Clients
 from .settings import Settings
 
 
@@ -96,6 +99,87 @@ def search_reindex(types: tuple[str, ...], params: tuple[str, ...], batch: int) 
 
 
 @main.group()
+def clients() -> None:
+    """OAuth2 clients (partners, tools, researchers)."""
+
+
+def _clients() -> tuple[object, Clients]:
+    from .app import create_app
+
+    settings = Settings()
+    db.upgrade(settings.database())
+    app = create_app(settings.model_copy(update={"auth_enabled": True}))
+    return app, app.state.auth.clients
+
+
+@clients.command("add")
+@click.argument("name")
+@click.option("--scope", required=True, help='e.g. "system/*.rs" or "system/Observation.cruds"')
+@click.option("--site", default=None, help="The site whose data the client may see and write.")
+@click.option("--jwks-file", type=click.Path(exists=True, dir_okay=False), default=None)
+def clients_add(name: str, scope: str, site: str | None, jwks_file: str | None) -> None:
+    """Register a client; prints its client_id (and secret, shown this once) as JSON."""
+    jwks = json.loads(Path(jwks_file).read_text()) if jwks_file else None
+    app, registry = _clients()
+    try:
+        client, secret = registry.add(name, scope, site, jwks)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    finally:
+        app.state.database.engine.dispose()  # type: ignore[attr-defined]
+    out = client.public()
+    if secret:
+        out["client_secret"] = secret
+    click.echo(json.dumps(out, indent=2))
+
+
+@clients.command("list")
+def clients_list() -> None:
+    """All clients as JSON (never their secrets)."""
+    app, registry = _clients()
+    click.echo(json.dumps([c.public() for c in registry.all()], indent=2))
+    app.state.database.engine.dispose()  # type: ignore[attr-defined]
+
+
+@clients.command("disable")
+@click.argument("client_id")
+def clients_disable(client_id: str) -> None:
+    """Stop a client getting tokens (tokens it holds expire within their lifetime)."""
+    app, registry = _clients()
+    found = registry.disable(client_id)
+    app.state.database.engine.dispose()  # type: ignore[attr-defined]
+    if not found:
+        raise click.UsageError(f"No client {client_id}")
+    click.echo(f"client {client_id} disabled")
+
+
+@clients.command("rotate-secret")
+@click.argument("client_id")
+def clients_rotate_secret(client_id: str) -> None:
+    """A new secret for a secret-based client; the old one stops working."""
+    app, registry = _clients()
+    secret = registry.rotate_secret(client_id)
+    app.state.database.engine.dispose()  # type: ignore[attr-defined]
+    if secret is None:
+        raise click.UsageError(f"No secret-based client {client_id}")
+    click.echo(json.dumps({"client_id": client_id, "client_secret": secret}, indent=2))
+
+
+@main.group()
+def keys() -> None:
+    """The keys that sign access tokens."""
+
+
+@keys.command("rotate")
+def keys_rotate() -> None:
+    """Start signing with a new key; the old ones stay published until their tokens expire."""
+    app, _ = _clients()
+    kid = app.state.auth.tokens.keys.rotate()  # type: ignore[attr-defined]
+    app.state.database.engine.dispose()  # type: ignore[attr-defined]
+    click.echo(f"signing with key {kid}")
+
+
+@main.group()
 def dicom() -> None:
     """DICOM archive."""
 
@@ -165,7 +249,35 @@ def _load_demo(settings: Settings, dicomweb_base: str) -> None:
         click.echo(f"demo data: {count} resources and a study of {instances} instances loaded")
     else:
         click.echo("demo data: store not empty")
+    if app.state.auth is not None:
+        _demo_clients(app.state.auth.clients, settings.data_dir, dicomweb_base)
     app.state.database.engine.dispose()
+
+
+def _demo_clients(registry: Clients, data_dir: Path, dicomweb_base: str) -> None:
+    """Two demo clients (created once; their secrets kept in the data dir for the demo)."""
+    path = data_dir / "demo-clients.json"
+    known = json.loads(path.read_text()) if path.exists() else {}
+    researcher = known.get("demo-researcher", {})
+    if not researcher or registry.get(researcher["client_id"]) is None:
+        made = {}
+        for name, scope in (
+            ("demo-researcher", "system/*.rs"),
+            ("demo-uploader", "system/*.cruds"),
+        ):
+            client, secret = registry.add(name, scope)
+            made[name] = {"client_id": client.client_id, "client_secret": secret, "scope": scope}
+        path.write_text(json.dumps(made, indent=2))
+        path.chmod(0o600)
+    made = json.loads(path.read_text())
+    root = dicomweb_base.rsplit("/dicomweb", 1)[0]
+    researcher = made["demo-researcher"]
+    click.echo(f"demo OAuth2 clients (secrets in {path}); get a token with:")
+    click.echo(
+        f"  curl -s -u {researcher['client_id']}:{researcher['client_secret']} "
+        f"-d grant_type=client_credentials -d scope='system/*.rs' {root}/oauth/token"
+    )
+    click.echo(f"  then: curl -H 'Authorization: Bearer <access_token>' {root}/fhir/Patient")
 
 
 if __name__ == "__main__":

@@ -48,6 +48,13 @@ class Settings(BaseSettings):
     dicom_patient_id_system: str = "https://primage.eu/fhir/NamingSystem/research-pseudonym"
     cors_origins: list[str] = []  # browser viewers allowed to call the API
 
+    # OAuth2 (SMART Backend Services). Off only for tests and a trusted local deployment.
+    auth_enabled: bool = True
+    auth_issuer: str | None = None  # public server root, e.g. https://primage.example.org
+    auth_token_lifetime: int = 300  # seconds
+    auth_token_rate: float = 5.0  # token requests per second per client (burst below)
+    auth_token_burst: int = 20
+
     def database(self) -> str:
         if self.database_url is not None:
             return self.database_url.get_secret_value()

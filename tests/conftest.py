@@ -76,6 +76,7 @@ def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Set
         database_url=database_url,
         secret_key="test-secret-not-for-production",
         fhir_max_body_bytes=256 * 1024,
+        auth_enabled=False,  # the API suites; tests/test_auth.py runs apps with auth on
     )
 
 

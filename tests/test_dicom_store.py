@@ -114,6 +114,7 @@ def test_the_archive_on_s3_end_to_end(s3, database_url: str, tmp_path: Path) -> 
         s3_endpoint_url=endpoint,
         s3_access_key_id="test",
         s3_secret_access_key="test",
+        auth_enabled=False,
     )
     app = create_app(settings)
     app.state.archive.blob_grace = 0
@@ -197,6 +198,7 @@ def test_cors_for_configured_viewers(database_url: str, tmp_path: Path) -> None:
         database_url=database_url,
         secret_key="cors",
         cors_origins=["https://viewer.example"],
+        auth_enabled=False,
     )
     app = create_app(settings)
     with TestClient(app) as web:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -77,6 +78,7 @@ def test_healthz_reports_unreachable_database(tmp_path):
         data_dir=tmp_path,
         database_url="postgresql+psycopg2://nobody@127.0.0.1:1/none?connect_timeout=1",
         secret_key="x",
+        auth_enabled=False,
     )
     from starlette.testclient import TestClient
 
@@ -160,22 +162,36 @@ def test_cli_serve_migrates_loads_demo_and_serves(tmp_path):
                 time.sleep(0.2)
         else:
             raise AssertionError("primage serve did not come up")
-        patients = httpx.get(f"{base}/fhir/Patient").json()
+        assert httpx.get(f"{base}/fhir/Patient").status_code == 401  # auth is on
+        demo = json.loads((tmp_path / "var" / "demo-clients.json").read_text())
+        researcher = demo["demo-researcher"]
+        token = httpx.post(
+            f"{base}/oauth/token",
+            data={"grant_type": "client_credentials", "scope": "system/*.rs"},
+            auth=(researcher["client_id"], researcher["client_secret"]),
+        ).json()["access_token"]
+        auth = {"Authorization": f"Bearer {token}"}
+        patients = httpx.get(f"{base}/fhir/Patient", headers=auth).json()
         assert patients["total"] == 3
         assert (tmp_path / "var" / "primage.db").exists()
-        studies = httpx.get(f"{base}/dicomweb/studies", params={"PatientID": "PRI-7K3Q-9XW2"})
+        studies = httpx.get(
+            f"{base}/dicomweb/studies", params={"PatientID": "PRI-7K3Q-9XW2"}, headers=auth
+        )
         assert studies.json()[0]["00201208"]["Value"] == [24]
         linked = httpx.get(
-            f"{base}/fhir/ImagingStudy", params={"patient.identifier": "PRI-7K3Q-9XW2"}
+            f"{base}/fhir/ImagingStudy",
+            params={"patient.identifier": "PRI-7K3Q-9XW2"},
+            headers=auth,
         ).json()
         assert linked["total"] == 2  # the demo bundle's own ImagingStudy and the DICOM one
-        assert httpx.get(f"{base}/fhir/Patient").json()["total"] == 3  # no new Patient
+        assert httpx.get(f"{base}/fhir/Patient", headers=auth).json()["total"] == 3
     finally:
         proc.send_signal(signal.SIGINT)
         output = proc.communicate(timeout=20)[0].decode()
     assert f"http://127.0.0.1:{port}/fhir/metadata" in output
     assert "demo data: 11 resources and a study of 24 instances loaded" in output
     assert f"http://127.0.0.1:{port}/dicomweb/studies" in output
+    assert f"http://127.0.0.1:{port}/oauth/token" in output
 
 
 def test_cli_db_upgrade(tmp_path):
