@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from . import jsonio, models
+from . import access, jsonio, models
 from .errors import FhirError, InvalidRequest, Issue, PreconditionFailed
 from .instant import format_instant
 from .interactions import (
@@ -187,6 +187,7 @@ class Bundles:
         items = []
         for entry in creates:
             try:
+                access.check(req.access, "create", [entry.where.type or "*"])
                 body = models.validate(entry.resource, entry.where.type)
             except FhirError as err:
                 raise _located(err, entry) from None
@@ -335,6 +336,7 @@ def _entry_request(req: Request, entry: Entry) -> Request:
         headers={**entry.headers, **({"prefer": p} if (p := req.header("prefer")) else {})},
         body=entry.resource,
         base=req.base,
+        access=req.access,  # every entry is checked as the same request on its own
     )
 
 

@@ -63,6 +63,7 @@ class KeyRing:
 
     def public_jwks(self) -> dict[str, Any]:
         now = datetime.now(UTC)
+        self.signing_key()  # a fresh server publishes the key it is about to sign with
         keys = self._current()
         grace = timedelta(seconds=self._lifetime + REFRESH_SECONDS)
         published = [
