@@ -123,15 +123,26 @@ def serve(argv: list[str], env: dict[str, str], port: int) -> Iterator[str]:
 
 
 def serve_primage(
-    url: str, data: str, workers: int, *, indexing: bool = True
+    url: str,
+    data: str,
+    workers: int,
+    *,
+    indexing: bool = True,
+    auth: bool = False,
+    extra: dict[str, str] | None = None,
 ) -> contextlib.AbstractContextManager[str]:
-    """`primage serve` on a free port of 127.0.0.1 against `url`; yields its base URL."""
+    """`primage serve` on a free port of 127.0.0.1 against `url`; yields its base URL.
+
+    Without `auth` the server runs with PRIMAGE_AUTH_ENABLED=false: these benchmarks
+    measure the API; bench/auth.py measures what authorisation adds."""
     port = free_port()
     env = {
         "PRIMAGE_DATABASE_URL": url,
         "PRIMAGE_DATA_DIR": data,
         "PRIMAGE_LOG_LEVEL": "WARNING",
         "PRIMAGE_SEARCH_INDEXING": "true" if indexing else "false",
+        "PRIMAGE_AUTH_ENABLED": "true" if auth else "false",
+        **(extra or {}),
     }
     cmd = [
         sys.executable,

@@ -13,12 +13,10 @@ import logging
 
 import orjson
 from sqlalchemy.exc import DBAPIError
-from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fhir_server.errors import Issue, operation_outcome
 
-from .scopes import Grant
 from .tokens import InvalidToken, Tokens
 
 log = logging.getLogger("primage.auth")
@@ -42,13 +40,12 @@ class BearerAuth:
         ):
             await self.app(scope, receive, send)
             return
-        request = Request(scope)
-        header = request.headers.get("authorization", "")
+        header = _header(scope, b"authorization")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             await _deny(scope, send, path, "Bearer", "An access token is required")
             return
-        issuer = self.issuer or str(request.base_url).rstrip("/")
+        issuer = self.issuer or _base(scope)
         try:
             principal = self.tokens.validate(token.strip(), issuer)
         except InvalidToken as exc:
@@ -62,8 +59,25 @@ class BearerAuth:
             return
         state = scope.setdefault("state", {})
         state["principal"] = principal
-        state["access"] = Grant(principal.scopes)
+        state["access"] = principal.grant
         await self.app(scope, receive, send)
+
+
+def _base(scope: Scope) -> str:
+    """The server root the client addressed (as Starlette's base_url, without the URL
+    object): tokens are issued for, and checked against, this issuer."""
+    host = _header(scope, b"host")
+    if not host:
+        server = scope.get("server") or ("localhost", 80)
+        host = f"{server[0]}:{server[1]}"
+    return f"{scope['scheme']}://{host}{scope.get('root_path', '')}".rstrip("/")
+
+
+def _header(scope: Scope, name: bytes) -> str:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return ""
 
 
 def _under(path: str) -> bool:

@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,6 +28,7 @@ from fhir_server.repository import Repository
 from .clients import Client
 from .keys import ALGORITHM, KeyRing
 from .schema import oauth_assertion, oauth_revoked
+from .scopes import Grant
 
 ASSERTION_ALGORITHMS = ("RS384", "ES384")  # SMART Backend Services
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -45,13 +46,17 @@ class InvalidClient(Exception):
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling, from a validated access token."""
+    """Who is calling, from a validated access token, with its scopes parsed once."""
 
     client_id: str
     scopes: tuple[str, ...]
     site: str | None
     jti: str
     expires: int
+    grant: Grant = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "grant", Grant(self.scopes))
 
 
 Session = Callable[[], AbstractContextManager[Repository]]
