@@ -69,6 +69,24 @@ def _json(document: Any, headers: dict[str, str] | None = None, status: int = 20
 def build_router(archive: Archive, base_url: str | None = None) -> APIRouter:
     router = APIRouter(prefix="/dicomweb", tags=["DICOMweb"])
 
+    def audited(service: str, handler: Any) -> Any:
+        """Records a queued AuditEvent for a read (QIDO or WADO), failures included."""
+
+        async def wrapper(request: Request) -> Response:
+            actor = _actor(request)
+            study = request.path_params.get("study")
+            studies = [study] if study else []
+            query = str(request.query_params) if service == "qido" else None
+            try:
+                response = await handler(request)
+            except DicomWebError as err:
+                archive.record(None, actor, service, err.status, studies, query)
+                raise
+            archive.record(None, actor, service, response.status_code, studies, query)
+            return response
+
+        return wrapper
+
     # --- STOW-RS ---------------------------------------------------------------------------
 
     async def stow(request: Request) -> Response:
@@ -77,7 +95,7 @@ def build_router(archive: Archive, base_url: str | None = None) -> APIRouter:
         study = request.path_params.get("study")
         base = _base(request, base_url)
         result = await archive.store(
-            request.stream(), request.headers.get("content-type"), study, base
+            request.stream(), request.headers.get("content-type"), study, base, _actor(request)
         )
         reasons = [
             _warning(f"part {n}: {o.failure.reason}")
@@ -109,12 +127,15 @@ def build_router(archive: Archive, base_url: str | None = None) -> APIRouter:
 
         return handler
 
-    router.add_api_route("/studies", search("study"), methods=["GET"])
-    router.add_api_route("/series", search("series"), methods=["GET"])
-    router.add_api_route("/instances", search("instance"), methods=["GET"])
-    router.add_api_route(STUDY + "/series", search("series"), methods=["GET"])
-    router.add_api_route(STUDY + "/instances", search("instance"), methods=["GET"])
-    router.add_api_route(SERIES + "/instances", search("instance"), methods=["GET"])
+    for path, level in (
+        ("/studies", "study"),
+        ("/series", "series"),
+        ("/instances", "instance"),
+        (STUDY + "/series", "series"),
+        (STUDY + "/instances", "instance"),
+        (SERIES + "/instances", "instance"),
+    ):
+        router.add_api_route(path, audited("qido", search(level)), methods=["GET"])
 
     # --- WADO-RS: instances ----------------------------------------------------------------
 
@@ -129,9 +150,8 @@ def build_router(archive: Archive, base_url: str | None = None) -> APIRouter:
             media_type=f'multipart/related; type="application/dicom"; boundary={mark}',
         )
 
-    router.add_api_route(STUDY, retrieve, methods=["GET"])
-    router.add_api_route(SERIES, retrieve, methods=["GET"])
-    router.add_api_route(INSTANCE, retrieve, methods=["GET"])
+    for path in (STUDY, SERIES, INSTANCE):
+        router.add_api_route(path, audited("wado", retrieve), methods=["GET"])
 
     async def metadata(request: Request) -> Response:
         _require(request, READ)
@@ -140,9 +160,8 @@ def build_router(archive: Archive, base_url: str | None = None) -> APIRouter:
         body = wado.metadata_body(documents, _base(request, base_url))
         return Response(body, media_type=DICOM_JSON)
 
-    router.add_api_route(STUDY + "/metadata", metadata, methods=["GET"])
-    router.add_api_route(SERIES + "/metadata", metadata, methods=["GET"])
-    router.add_api_route(INSTANCE + "/metadata", metadata, methods=["GET"])
+    for path in (STUDY, SERIES, INSTANCE):
+        router.add_api_route(path + "/metadata", audited("wado", metadata), methods=["GET"])
 
     # --- WADO-RS: frames, bulk data, rendered ----------------------------------------------
 
@@ -162,7 +181,9 @@ def build_router(archive: Archive, base_url: str | None = None) -> APIRouter:
         body = b"".join(wado.multipart([(part_type, [d]) for d in data], mark, batch=1 << 62))
         return Response(body, media_type=f'multipart/related; type="{media}"; boundary={mark}')
 
-    router.add_api_route(INSTANCE + "/frames/{numbers}", frame_list, methods=["GET"])
+    router.add_api_route(
+        INSTANCE + "/frames/{numbers}", audited("wado", frame_list), methods=["GET"]
+    )
 
     async def bulkdata(request: Request) -> Response:
         _require(request, READ)
@@ -177,7 +198,7 @@ def build_router(archive: Archive, base_url: str | None = None) -> APIRouter:
             body, media_type=f'multipart/related; type="application/octet-stream"; boundary={mark}'
         )
 
-    router.add_api_route(INSTANCE + "/bulkdata/{tag}", bulkdata, methods=["GET"])
+    router.add_api_route(INSTANCE + "/bulkdata/{tag}", audited("wado", bulkdata), methods=["GET"])
 
     async def rendered(request: Request) -> Response:
         return await _render(request, thumbnail=False)
@@ -213,24 +234,27 @@ def build_router(archive: Archive, base_url: str | None = None) -> APIRouter:
         )
         return Response(image, media_type=media)
 
-    router.add_api_route(INSTANCE + "/rendered", rendered, methods=["GET"])
-    router.add_api_route(INSTANCE + "/frames/{numbers}/rendered", rendered, methods=["GET"])
-    router.add_api_route(STUDY + "/thumbnail", thumbnail, methods=["GET"])
-    router.add_api_route(SERIES + "/thumbnail", thumbnail, methods=["GET"])
-    router.add_api_route(INSTANCE + "/thumbnail", thumbnail, methods=["GET"])
-    router.add_api_route(INSTANCE + "/frames/{numbers}/thumbnail", thumbnail, methods=["GET"])
+    for path in (INSTANCE + "/rendered", INSTANCE + "/frames/{numbers}/rendered"):
+        router.add_api_route(path, audited("wado", rendered), methods=["GET"])
+    for path in (STUDY, SERIES, INSTANCE, INSTANCE + "/frames/{numbers}"):
+        router.add_api_route(path + "/thumbnail", audited("wado", thumbnail), methods=["GET"])
 
     # --- delete ----------------------------------------------------------------------------
 
     async def remove(request: Request) -> Response:
         _require(request, DELETE)
-        await run_in_threadpool(archive.delete, *_uids(request), _base(request, base_url))
+        base = _base(request, base_url)
+        await run_in_threadpool(archive.delete, *_uids(request), base, _actor(request))
         return Response(status_code=204)
 
     router.add_api_route(STUDY, remove, methods=["DELETE"])
     router.add_api_route(SERIES, remove, methods=["DELETE"])
     router.add_api_route(INSTANCE, remove, methods=["DELETE"])
     return router
+
+
+def _actor(request: Request) -> Any:
+    return getattr(request.state, "actor", None)
 
 
 def _uids(request: Request) -> tuple[str, str | None, str | None]:

@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
+from fhir_server import audit as audit_events
 from fhir_server.repository import Repository
 
 from . import imaging_study, negotiation, qido, store, wado
@@ -58,6 +59,7 @@ class Archive:
     blob_grace: float = 300.0
     public_base: str | None = None  # PRIMAGE_DICOMWEB_BASE_URL: the Endpoint's address
     max_body_bytes: int | None = None
+    audit: audit_events.Sink | None = None  # AuditEvents: with the write, or queued
 
     # --- STOW ---------------------------------------------------------------------------------
 
@@ -67,6 +69,7 @@ class Archive:
         content_type: str | None,
         study_uid: str | None,
         base: str,
+        actor: audit_events.Actor | None = None,
     ) -> StoreResult:
         boundary, part_type = boundary_of(content_type)
         limit = self.max_body_bytes
@@ -86,7 +89,7 @@ class Archive:
                     outcomes += prepared
                     waiting += [o for o in prepared if o.prepared]
                     if len(waiting) >= self.batch:
-                        await run_in_threadpool(self._commit, waiting, base)
+                        await run_in_threadpool(self._commit, waiting, base, actor)
                         waiting = []
             receiver.close()
             if with_metadata:
@@ -105,13 +108,15 @@ class Archive:
         except BaseException:
             receiver.discard()
             if waiting:  # what was read completely before the fault is still stored
-                await run_in_threadpool(self._commit, waiting, base)
+                await run_in_threadpool(self._commit, waiting, base, actor)
             raise
         if waiting:
-            await run_in_threadpool(self._commit, waiting, base)
+            await run_in_threadpool(self._commit, waiting, base, actor)
         if not outcomes:
             raise BadRequest("The multipart body has no parts")
         result = StoreResult(outcomes)
+        if result.status == 409:  # nothing stored, so no write carried an event
+            self.record(None, actor, "stow", 409)
         refused = [f"{o.failure.code:04X}" for o in outcomes if o.failure is not None]
         # counts and reason codes only: UIDs and attribute values stay out of the logs
         log.info(
@@ -127,7 +132,23 @@ class Archive:
             prepare(self.blobs, part, study_uid, self.transform, self.extra_tags) for part in done
         ]
 
-    def _commit(self, waiting: list[Outcome], base: str) -> None:
+    def record(
+        self,
+        repo: Repository | None,
+        actor: audit_events.Actor | None,
+        service: str,
+        status: int,
+        studies: Sequence[str] = (),
+        query: str | None = None,
+    ) -> None:
+        """An AuditEvent for a DICOMweb request (none without an authenticated caller)."""
+        if self.audit is not None and actor is not None:
+            event = audit_events.dicom_event(actor, service, status, sorted(set(studies)), query)
+            self.audit(repo, event)
+
+    def _commit(
+        self, waiting: list[Outcome], base: str, actor: audit_events.Actor | None = None
+    ) -> None:
         items = [o.prepared for o in waiting if o.prepared is not None]
         self.blobs.sync(p.blob for p in items)  # durable before any row names them
         for attempt in (1, 2):
@@ -135,6 +156,9 @@ class Archive:
                 with self.write() as repo:
                     saved, refused, touched = store.save(repo.conn, items, self.duplicates)
                     self._sync_studies(repo, touched, base)
+                    stored = [s.prepared.study_uid for s in saved]
+                    if stored:
+                        self.record(repo, actor, "stow", 200, stored)
                 break
             except IntegrityError:
                 if attempt == 2:  # a concurrent writer won twice: report, don't guess
@@ -260,7 +284,14 @@ class Archive:
 
     # --- delete -------------------------------------------------------------------------------
 
-    def delete(self, study: str, series: str | None, instance: str | None, base: str) -> int:
+    def delete(
+        self,
+        study: str,
+        series: str | None,
+        instance: str | None,
+        base: str,
+        actor: audit_events.Actor | None = None,
+    ) -> int:
         now = datetime.now(UTC)
         with self.write() as repo:
             conn = repo.conn
@@ -269,6 +300,7 @@ class Archive:
             keys, studies = store.remove(conn, clause)
             store.refresh_counts(conn, studies, now)
             self._sync_studies(repo, studies, base)
+            self.record(repo, actor, "delete", 204, [study])
         for key in keys:
             self.blobs.delete(key, self.blob_grace)
         return count

@@ -52,6 +52,7 @@ def build_router(service: FhirService, *, max_body_bytes: int, base_url: str | N
                 body=_parse_body(request, body),
                 base=base_url or str(request.base_url).rstrip("/") + "/fhir",
                 access=getattr(request.state, "access", None),
+                actor=getattr(request.state, "actor", None),
             )
         except FhirError as err:
             request.state.route_label = "fhir:rejected"

@@ -56,6 +56,8 @@ class Bundles:
     ) -> None:
         self.interactions = interactions
         self.write = write
+        # called inside a transaction's database transaction with what it wrote
+        self.audit: Callable[[Repository, Request, list[str]], None] | None = None
 
     def process(self, req: Request) -> Response:
         bundle = req.body
@@ -126,6 +128,9 @@ class Bundles:
                     raise _located(err, entry) from None
                 if responses[entry.index].is_error:
                     raise _located(_as_error(responses[entry.index]), entry)
+            if self.audit is not None:
+                written = [r.stored.reference for r in responses.values() if r.stored]
+                self.audit(repo, req, written)
         results = [_response_entry(req, responses[e.index]) for e in entries]
         return Response(200, _bundle("transaction-response", results))
 
@@ -337,6 +342,7 @@ def _entry_request(req: Request, entry: Entry) -> Request:
         body=entry.resource,
         base=req.base,
         access=req.access,  # every entry is checked as the same request on its own
+        actor=req.actor,
     )
 
 

@@ -20,6 +20,7 @@ from sqlalchemy import and_, or_
 
 from . import access, jsonio, models, summary
 from .access import Access
+from .audit import Actor
 from .errors import (
     FhirError,
     InvalidRequest,
@@ -117,6 +118,7 @@ class Request:
     body: Any = None  # parsed JSON (a resource, or a JSON Patch document)
     base: str = ""  # absolute FHIR base URL, no trailing slash
     access: Access | None = None  # what the caller may do; None: no authorisation
+    actor: Actor | None = None  # who is calling, for the audit trail; None: not audited
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name)

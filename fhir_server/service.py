@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from urllib.parse import urlencode
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from . import audit as audit_events
 from . import jsonio
 from .bundles import Bundles
 from .errors import FhirError, Unavailable
-from .interactions import Interactions, Request, Response, error_response, route
+from .interactions import Interactions, Request, Response, Route, error_response, route
 from .repository import Repository
 
 log = logging.getLogger("primage.fhir")
@@ -34,11 +36,15 @@ class FhirService:
         interactions: Interactions,
         read: Callable[[], AbstractContextManager[Repository]],
         write: Callable[[], AbstractContextManager[Repository]],
+        audit: audit_events.Sink | None = None,
     ) -> None:
         self.interactions = interactions
         self.bundles = Bundles(interactions, write)
         self._read = read
         self._write = write
+        self.audit = audit
+        if audit is not None:
+            self.bundles.audit = self._audit_transaction
         self.load_search_parameters()
 
     def load_search_parameters(self) -> None:
@@ -54,24 +60,36 @@ class FhirService:
         )
 
     def handle(self, req: Request) -> tuple[str, Response]:
-        """Returns (interaction name, response); the name labels metrics and, later, audit."""
+        """Returns (interaction name, response); the name labels metrics and the audit trail.
+
+        A successful write's AuditEvent commits with the write; reads, batches and failures
+        are handed to the sink without a transaction (it queues them)."""
         interaction = "unknown"
+        where = None
         try:
             where = route(req.method, req.path)
             interaction = where.interaction
             if interaction == "batch/transaction":
                 response = self.bundles.process(req)
+                if _bundle_type(req) != "transaction" or response.is_error:
+                    self._audit(None, req, _bundle_type(req), where, response)
             else:
                 transaction = self._read if interaction in READ_ONLY else self._write
                 with transaction() as repo:
                     response = self.interactions.run(repo, req, where)
+                    if interaction not in READ_ONLY and not response.is_error:
+                        self._audit(repo, req, interaction, where, response)
+                if interaction in READ_ONLY or response.is_error:
+                    self._audit(None, req, interaction, where, response)
             if interaction not in READ_ONLY and not response.is_error and _touches_parameters(req):
                 self.load_search_parameters()
             return interaction, response
         except FhirError as err:
             level = logging.WARNING if err.status < 500 else logging.ERROR
             log.log(level, "%s %s: %s %s", req.method, interaction, err.status, err.code)
-            return interaction, error_response(err)
+            response = error_response(err)
+            self._audit(None, req, interaction, where, response)
+            return interaction, response
         except DBAPIError as exc:
             if not _transient(exc):
                 raise
@@ -79,6 +97,46 @@ class FhirService:
             # only the kind of fault.
             log.error("%s %s: database unavailable (%s)", req.method, interaction, _kind(exc))
             return interaction, error_response(Unavailable("The database is unavailable; retry"))
+
+    def _audit(
+        self,
+        repo: Repository | None,
+        req: Request,
+        interaction: str,
+        where: Route | None,
+        response: Response,
+    ) -> None:
+        if self.audit is None or req.actor is None or interaction == "capabilities":
+            return
+        if interaction == "batch/transaction":
+            interaction = _bundle_type(req)
+        references = []
+        if response.stored is not None:
+            references.append(response.stored.reference)
+        elif where is not None and where.type and where.id:
+            references.append(f"{where.type}/{where.id}")
+        searching = interaction.startswith(("search", "history-type", "history-system"))
+        query = urlencode(req.params) if searching else None
+        event = audit_events.fhir_event(
+            req.actor,
+            interaction,
+            response.status,
+            references=references,
+            resource_type=where.type if where is not None else None,
+            query=query,
+        )
+        self.audit(repo, event)
+
+    def _audit_transaction(self, repo: Repository, req: Request, written: list[str]) -> None:
+        if self.audit is not None and req.actor is not None:
+            event = audit_events.fhir_event(req.actor, "transaction", 200, references=written)
+            self.audit(repo, event)
+
+
+def _bundle_type(req: Request) -> str:
+    body = req.body
+    kind = body.get("type") if isinstance(body, dict) else None
+    return "transaction" if kind == "transaction" else "batch"
 
 
 def _touches_parameters(req: Request) -> bool:

@@ -25,6 +25,7 @@ from fhir_server.searchparams import base_registry
 from fhir_server.service import FhirService
 
 from . import blobs, db
+from .audit import AuditTrail
 from .auth import server as auth_server
 from .auth.clients import Clients
 from .auth.keys import KeyRing
@@ -52,7 +53,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             capability=lambda base: capability_statement(base, registry, max_body_bytes=max_body),
         ),
     )
-    service = FhirService(interactions, database.read, database.write)
+    trail = AuditTrail(database.write) if settings.auth_enabled else None
+    service = FhirService(interactions, database.read, database.write, audit=trail)
     archive = Archive(
         database.read,
         database.write,
@@ -63,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         patient_system=settings.dicom_patient_id_system,
         public_base=settings.dicomweb_base_url.rstrip("/") if settings.dicomweb_base_url else None,
         max_body_bytes=settings.dicomweb_max_body_bytes,
+        audit=trail,
     )
     metrics = Metrics()
     auth = _auth_server(settings, database) if settings.auth_enabled else None
@@ -74,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.fhir = service
     app.state.archive = archive
     app.state.auth = auth
+    app.state.audit = trail
     if auth is not None:
         app.add_middleware(BearerAuth, tokens=auth.tokens, issuer=auth.issuer)
         app.include_router(auth_server.build_router(auth))  # before /fhir/{path}
@@ -118,6 +122,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         outcome = operation_outcome([Issue("fatal", "exception", "Internal server error")])
         return JSONResponse(outcome, 500, media_type="application/fhir+json")
 
+    if trail is not None:
+        app.router.add_event_handler("shutdown", trail.close)
     app.router.add_event_handler("shutdown", engine.dispose)
     return app
 

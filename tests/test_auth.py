@@ -21,6 +21,7 @@ from authlib.integrations.httpx_client import OAuth2Client
 from authlib.oauth2.rfc7523 import PrivateKeyJWT
 from click.testing import CliRunner
 from fastapi import FastAPI
+from fhir.resources.R4B.auditevent import AuditEvent
 from joserfc import jwt
 from joserfc.jwk import ECKey, OctKey, RSAKey
 from sqlalchemy import select
@@ -485,7 +486,8 @@ MATRIX = [
     ("system/Patient.s", "search-system", True),
     ("system/Patient.s", "history-type", True),
     ("system/Patient.rs", "history-system", False),  # all types: needs system/*
-    ("system/*.rs", "history-system", True),
+    ("system/*.rs", "history-system", False),  # all types include AuditEvents
+    ("system/*.rs primage/audit.read", "history-system", True),
     ("system/Patient.read", "search", True),  # SMART v1
     ("system/Patient.read", "create", False),
     ("system/Patient.write", "create", True),
@@ -631,3 +633,98 @@ def test_clients_cli(settings: Settings, monkeypatch: pytest.MonkeyPatch, web: T
     )
     bad = runner.invoke(main, ["clients", "add", "x", "--scope", "launch/patient"])
     assert bad.exit_code != 0 and "Unknown scope" in bad.output
+
+
+# --- audit trail ------------------------------------------------------------------------------
+
+
+def _events(web: TestClient, app: FastAPI, query: str) -> list[dict]:
+    app.state.audit.flush()
+    token = token_for(web, app, "primage/audit.read")
+    r = web.get(f"/fhir/AuditEvent?{query}&_count=200", headers=bearer(token))
+    assert r.status_code == 200, r.text
+    return [e["resource"] for e in r.json().get("entry", [])]
+
+
+def test_writes_reads_and_refusals_are_audited(web: TestClient, auth_app: FastAPI) -> None:
+    client_id, secret = register(auth_app, "system/Patient.cruds")
+    form = {"grant_type": "client_credentials", "scope": "system/Patient.cruds"}
+    token = web.post("/oauth/token", data=form, auth=(client_id, secret)).json()["access_token"]
+    created = web.post(
+        "/fhir/Patient", json={"resourceType": "Patient"}, headers=bearer(token)
+    ).json()
+    web.get(f"/fhir/Patient/{created['id']}", headers=bearer(token))
+    web.get("/fhir/Patient?gender=female", headers=bearer(token))
+    web.get("/fhir/Observation", headers=bearer(token))  # 403
+    web.post("/fhir/Patient", json={"resourceType": "Patient", "gender": 7}, headers=bearer(token))
+    events = _events(web, auth_app, f"altid={client_id}")
+    seen = {(e["subtype"][0]["code"], e["action"], e["outcome"]) for e in events}
+    assert {
+        ("create", "C", "0"),
+        ("read", "R", "0"),
+        ("search-type", "E", "0"),
+        ("search-type", "E", "4"),
+        ("create", "C", "4"),
+    } <= seen
+    write = next(e for e in events if e["subtype"][0]["code"] == "create" and e["outcome"] == "0")
+    assert write["entity"][0]["what"]["reference"] == f"Patient/{created['id']}"
+    assert write["agent"][0]["network"]["address"] == "testclient"
+    search = next(e for e in events if e["outcome"] == "0" and "query" in e["entity"][0])
+    assert base64.b64decode(search["entity"][0]["query"]).decode() == "gender=female"
+    for e in events:
+        AuditEvent.model_validate(e)
+        assert token not in json.dumps(e) and secret not in json.dumps(e)
+
+
+def test_audit_events_cannot_be_changed_or_read_without_the_audit_scope(
+    web: TestClient, auth_app: FastAPI
+) -> None:
+    token_for(web, auth_app, "system/*.rs")  # leaves at least one event behind
+    event = _events(web, auth_app, "_count=1")[0]
+    admin = token_for(web, auth_app, "system/*.cruds")
+    assert web.delete(f"/fhir/AuditEvent/{event['id']}", headers=bearer(admin)).status_code == 403
+    assert (
+        web.put(f"/fhir/AuditEvent/{event['id']}", json=event, headers=bearer(admin)).status_code
+        == 403
+    )
+    forged = {k: v for k, v in event.items() if k not in ("id", "meta")}
+    assert web.post("/fhir/AuditEvent", json=forged, headers=bearer(admin)).status_code == 403
+    assert web.get("/fhir/AuditEvent", headers=bearer(admin)).status_code == 403
+    auditor = token_for(web, auth_app, "primage/audit.read")
+    assert web.delete(f"/fhir/AuditEvent/{event['id']}", headers=bearer(auditor)).status_code == 403
+
+
+def test_transactions_and_dicomweb_are_audited(web: TestClient, auth_app: FastAPI) -> None:
+    client_id, secret = register(auth_app, "system/*.cruds")
+    form = {"grant_type": "client_credentials", "scope": "system/*.cruds"}
+    token = web.post("/oauth/token", data=form, auth=(client_id, secret)).json()["access_token"]
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "resource": {"resourceType": "Patient"},
+                "request": {"method": "POST", "url": "Patient"},
+            }
+        ],
+    }
+    done = web.post("/fhir", json=bundle, headers=bearer(token)).json()
+    location = done["entry"][0]["response"]["location"].split("/_history")[0].split("/fhir/")[-1]
+    study = data.study(ct=1, mr=0)
+    web.post(
+        "/dicomweb/studies",
+        content=data.multipart([data.part10(ds) for ds in study]),
+        headers={**bearer(token), "Content-Type": data.stow_type()},
+    )
+    uid = study[0].StudyInstanceUID
+    web.get(f"/dicomweb/studies?StudyInstanceUID={uid}", headers=bearer(token))
+    web.get(f"/dicomweb/studies/{uid}/metadata", headers=bearer(token))
+    events = _events(web, auth_app, f"altid={client_id}")
+    transaction = next(e for e in events if e["subtype"][0]["code"] == "transaction")
+    assert transaction["entity"][0]["what"]["reference"] == location
+    codes = {e["subtype"][0]["code"] for e in events}
+    assert {"110107", "110112", "110103"} <= codes
+    stow = next(e for e in events if e["subtype"][0]["code"] == "110107")
+    assert stow["entity"][0]["what"]["identifier"]["value"] == f"urn:oid:{uid}"
+    for e in events:
+        AuditEvent.model_validate(e)

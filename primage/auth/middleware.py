@@ -15,6 +15,7 @@ import orjson
 from sqlalchemy.exc import DBAPIError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from fhir_server.audit import Actor
 from fhir_server.errors import Issue, operation_outcome
 
 from .tokens import InvalidToken, Tokens
@@ -60,6 +61,8 @@ class BearerAuth:
         state = scope.setdefault("state", {})
         state["principal"] = principal
         state["access"] = principal.grant
+        client = scope.get("client")
+        state["actor"] = Actor(principal.client_id, principal.site, client[0] if client else None)
         await self.app(scope, receive, send)
 
 

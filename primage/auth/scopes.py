@@ -18,7 +18,8 @@ from dataclasses import dataclass
 V1 = {"read": "rs", "write": "cud", "*": "cruds"}
 ORDER = "cruds"
 _SCOPE = re.compile(r"^system/(?P<type>\*|[A-Z][A-Za-z]{1,63})\.(?P<perm>[a-z*]+)$")
-EXTRA = {"primage/audit.read"}  # non-SMART scopes this server knows
+AUDIT = "primage/audit.read"
+EXTRA = {AUDIT}  # non-SMART scopes this server knows
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +71,10 @@ class Grant:
         object.__setattr__(self, "_parsed", tuple(parsed))
 
     def allows(self, resource_type: str, permission: str) -> bool:
+        if resource_type == "AuditEvent":  # the server writes them; an audit scope reads
+            return permission in "rs" and AUDIT in self.scopes
+        if resource_type == "*" and permission in "rs" and AUDIT not in self.scopes:
+            return False  # all types at once would include AuditEvents
         for scope in self._parsed:  # type: ignore[attr-defined]
             if permission in scope.permissions and scope.type in ("*", resource_type):
                 return True
