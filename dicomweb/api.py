@@ -117,7 +117,7 @@ def build_router(archive: Archive, base_url: str | None = None) -> APIRouter:
             path = request.path_params
             where = {KEYS[k]: v for k, v in path.items() if k in KEYS}
             found, warnings = await run_in_threadpool(
-                archive.search, level, request.query_params.multi_items(), where
+                archive.search, level, request.query_params.multi_items(), where, _site(request)
             )
             base = _base(request, base_url)
             for document in found:
@@ -142,7 +142,7 @@ def build_router(archive: Archive, base_url: str | None = None) -> APIRouter:
     async def retrieve(request: Request) -> Response:
         _require(request, READ)
         accept = negotiation.parse_accept(request.headers.get("accept"))
-        rows = await run_in_threadpool(archive.rows, *_uids(request))
+        rows = await run_in_threadpool(archive.rows, *_uids(request), _site(request))
         syntax = negotiation.instance_syntax(accept, {r.transfer_syntax for r in rows})
         mark = wado.boundary()
         return StreamingResponse(
@@ -156,7 +156,7 @@ def build_router(archive: Archive, base_url: str | None = None) -> APIRouter:
     async def metadata(request: Request) -> Response:
         _require(request, READ)
         _json_accepted(request)
-        documents = await run_in_threadpool(archive.metadata, *_uids(request))
+        documents = await run_in_threadpool(archive.metadata, *_uids(request), _site(request))
         body = wado.metadata_body(documents, _base(request, base_url))
         return Response(body, media_type=DICOM_JSON)
 
@@ -166,7 +166,7 @@ def build_router(archive: Archive, base_url: str | None = None) -> APIRouter:
     # --- WADO-RS: frames, bulk data, rendered ----------------------------------------------
 
     async def instance_dataset(request: Request) -> tuple[Any, Any]:
-        rows = await run_in_threadpool(archive.rows, *_uids(request))
+        rows = await run_in_threadpool(archive.rows, *_uids(request), _site(request))
         dataset = await run_in_threadpool(wado.load, archive.blobs, rows[0].blob)
         return rows[0], dataset
 
@@ -175,7 +175,7 @@ def build_router(archive: Archive, base_url: str | None = None) -> APIRouter:
         accept = negotiation.parse_accept(request.headers.get("accept"))
         wanted = numbers or request.path_params["numbers"]
         media, part_type, data = await run_in_threadpool(
-            archive.frames, *_uids(request), wanted, accept
+            archive.frames, *_uids(request), wanted, accept, _site(request)
         )
         mark = wado.boundary()
         body = b"".join(wado.multipart([(part_type, [d]) for d in data], mark, batch=1 << 62))
@@ -211,7 +211,7 @@ def build_router(archive: Archive, base_url: str | None = None) -> APIRouter:
         one as a thumbnail), and a study's or series' thumbnail is its middle instance's."""
         _require(request, READ)
         media = negotiation.rendered_media(negotiation.parse_accept(request.headers.get("accept")))
-        rows = await run_in_threadpool(archive.rows, *_uids(request))
+        rows = await run_in_threadpool(archive.rows, *_uids(request), _site(request))
         row = rows[len(rows) // 2]
         dataset = await run_in_threadpool(wado.load, archive.blobs, row.blob)
         count = frames(dataset)
@@ -255,6 +255,11 @@ def build_router(archive: Archive, base_url: str | None = None) -> APIRouter:
 
 def _actor(request: Request) -> Any:
     return getattr(request.state, "actor", None)
+
+
+def _site(request: Request) -> str | None:
+    actor = _actor(request)
+    return actor.site if actor is not None else None
 
 
 def _uids(request: Request) -> tuple[str, str | None, str | None]:

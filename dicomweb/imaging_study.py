@@ -51,12 +51,14 @@ def sync(
     study = conn.execute(select(dicom_study).where(dicom_study.c.pk == study_pk)).first()
     if study is None:
         return
+    repo.site = None
+    _endpoint(repo, dicomweb_base, replace=configured_base)  # platform data
+    repo.site = study.site  # the study's FHIR resources belong to its site
     patient_id = study.patient_ref or _patient(repo, study, patient_system)
     if study.patient_ref is None:
         conn.execute(
             dicom_study.update().where(dicom_study.c.pk == study_pk), {"patient_ref": patient_id}
         )
-    _endpoint(repo, dicomweb_base, replace=configured_base)
     series_rows = conn.execute(
         select(dicom_series)
         .where(dicom_series.c.study_pk == study_pk, dicom_series.c.num_instances > 0)
@@ -113,6 +115,7 @@ def sync(
 
 
 def remove(repo: Repository, study_uid: str) -> None:
+    repo.site = None  # the archive already checked the caller may delete the study
     repo.delete("ImagingStudy", study_uid)
 
 
@@ -164,6 +167,7 @@ def _patient(repo: Repository, study: Any, system: str) -> str:
                 search_token.c.code == study.patient_id,
                 search_token.c.system == system,
                 resource.c.deleted.is_(False),
+                *repo.visible(),
             )
             .limit(1)
         ).scalar()

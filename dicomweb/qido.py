@@ -20,6 +20,7 @@ from sqlalchemy import ColumnElement, Connection, and_, func, or_, select
 from .errors import BadRequest
 from .instance import name_key
 from .schema import dicom_instance, dicom_series, dicom_study, dicom_tag
+from .store import visible
 
 Level = Literal["study", "series", "instance"]
 LEVELS: tuple[Level, ...] = ("study", "series", "instance")
@@ -254,10 +255,11 @@ def run(
     query: Query,
     scope: Mapping[str, str],
     max_results: int,
+    site: str | None = None,
 ) -> tuple[list[dict[str, Any]], bool]:
     """Matches as DICOM JSON objects, and whether the server's maximum cut the results."""
     level = query.level
-    clauses: list[ColumnElement[bool]] = []
+    clauses: list[ColumnElement[bool]] = list(visible(site))
     for kw, value in [*scope.items(), *query.match]:
         if value == "":
             continue  # universal matching: returned, not constrained

@@ -47,11 +47,13 @@ dicom_study = Table(
     Column("num_series", Integer, nullable=False),
     Column("num_instances", Integer, nullable=False),
     Column("patient_ref", String(64)),  # FHIR Patient id
+    Column("site", String(64)),  # the uploading client's site; NULL: platform data
     Column("updated", UtcDateTime, nullable=False),
     Index("ix_dicom_study_patient_id", "patient_id"),
     Index("ix_dicom_study_patient_name_key", "patient_name_key"),
     Index("ix_dicom_study_study_date", "study_date"),
     Index("ix_dicom_study_accession", "accession_number"),
+    Index("ix_dicom_study_site", "site"),
 )
 
 dicom_series = Table(

@@ -154,7 +154,8 @@ class Archive:
         for attempt in (1, 2):
             try:
                 with self.write() as repo:
-                    saved, refused, touched = store.save(repo.conn, items, self.duplicates)
+                    site = actor.site if actor is not None else None
+                    saved, refused, touched = store.save(repo.conn, items, self.duplicates, site)
                     self._sync_studies(repo, touched, base)
                     stored = [s.prepared.study_uid for s in saved]
                     if stored:
@@ -224,12 +225,14 @@ class Archive:
         level: qido.Level,
         params: Sequence[tuple[str, str]],
         scope: Mapping[str, str],
+        site: str | None = None,
     ) -> tuple[list[dict[str, Any]], list[str]]:
         query = qido.parse(level, params, tuple(self.extra_tags))
         with self.read() as repo:
             if scope:
-                store.scope(repo.conn, scope["StudyInstanceUID"], scope.get("SeriesInstanceUID"))
-            found, cut = qido.run(repo.conn, query, scope, self.max_results)
+                study, series = scope["StudyInstanceUID"], scope.get("SeriesInstanceUID")
+                store.scope(repo.conn, study, series, site=site)
+            found, cut = qido.run(repo.conn, query, scope, self.max_results, site)
         warnings = []
         if query.ignored:
             names = ", ".join(query.ignored)
@@ -240,7 +243,13 @@ class Archive:
 
     # --- WADO ---------------------------------------------------------------------------------
 
-    def rows(self, study: str, series: str | None = None, instance: str | None = None) -> list[Any]:
+    def rows(
+        self,
+        study: str,
+        series: str | None = None,
+        instance: str | None = None,
+        site: str | None = None,
+    ) -> list[Any]:
         """What WADO needs to serve the addressed instances' blobs and frames."""
         columns = [
             dicom_instance.c.sop_uid,
@@ -251,7 +260,7 @@ class Archive:
             dicom_instance.c.frame_length,
         ]
         with self.read() as repo:
-            return store.lookup(repo.conn, columns, study, series, instance)
+            return store.lookup(repo.conn, columns, study, series, instance, site)
 
     def frames(
         self,
@@ -260,9 +269,10 @@ class Archive:
         instance: str,
         numbers: str,
         accept: list[negotiation.MediaRange],
+        site: str | None = None,
     ) -> tuple[str, str, list[bytes]]:
         """(media type, part content type, frames) for a frame list ("all": every frame)."""
-        row = self.rows(study, series, instance)[0]
+        row = self.rows(study, series, instance, site)[0]
         media, decode = negotiation.frame_media(accept, row.transfer_syntax)
         if row.pixel_offset is not None:  # native pixels: ranged reads, no parsing
             wanted = _frame_list(numbers, row.number_of_frames or 1)
@@ -276,10 +286,15 @@ class Archive:
         return media, part_type, data
 
     def metadata(
-        self, study: str, series: str | None = None, instance: str | None = None
+        self,
+        study: str,
+        series: str | None = None,
+        instance: str | None = None,
+        site: str | None = None,
     ) -> list[bytes]:
         with self.read() as repo:
-            rows = store.lookup(repo.conn, [dicom_instance.c.metadata], study, series, instance)
+            column = [dicom_instance.c.metadata]
+            rows = store.lookup(repo.conn, column, study, series, instance, site)
         return [row.metadata for row in rows]
 
     # --- delete -------------------------------------------------------------------------------
@@ -295,7 +310,8 @@ class Archive:
         now = datetime.now(UTC)
         with self.write() as repo:
             conn = repo.conn
-            clause = store.scope(conn, study, series, instance)
+            site = actor.site if actor is not None else None
+            clause = store.scope(conn, study, series, instance, site, owned=True)
             count = len(conn.execute(select(dicom_instance.c.pk).where(clause)).all())
             keys, studies = store.remove(conn, clause)
             store.refresh_counts(conn, studies, now)

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, delete, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from .errors import Failure, NotFound
+from .errors import Failure, Forbidden, NotFound
 from .schema import dicom_instance, dicom_series, dicom_study, dicom_tag
 
 DuplicatePolicy = Literal["reject", "replace"]
@@ -48,10 +48,23 @@ def _insert(conn: Connection) -> Any:
 
 
 def save(
-    conn: Connection, items: list[Prepared], policy: DuplicatePolicy
+    conn: Connection, items: list[Prepared], policy: DuplicatePolicy, site: str | None = None
 ) -> tuple[list[Saved], list[tuple[Prepared, Failure]], set[int]]:
-    """Index `items`; returns (stored, refused, pks of the studies touched)."""
+    """Index `items` for `site`; returns (stored, refused, pks of the studies touched)."""
     now = datetime.now(UTC)
+    refused: list[tuple[Prepared, Failure]] = []
+    if site is not None:  # a site adds only to its own studies (or starts new ones)
+        foreign = set(
+            conn.execute(
+                select(dicom_study.c.study_uid).where(
+                    dicom_study.c.study_uid.in_({p.study_uid for p in items}),
+                    or_(dicom_study.c.site != site, dicom_study.c.site.is_(None)),
+                )
+            ).scalars()
+        )
+        reason = "the study belongs to another site"
+        refused += [(p, Failure.mismatch(reason)) for p in items if p.study_uid in foreign]
+        items = [p for p in items if p.study_uid not in foreign]
     existing = {
         row.sop_uid: row
         for row in conn.execute(
@@ -60,11 +73,13 @@ def save(
                 dicom_instance.c.sop_uid,
                 dicom_instance.c.blob,
                 dicom_instance.c.study_pk,
-            ).where(dicom_instance.c.sop_uid.in_([p.sop_uid for p in items]))
+                dicom_study.c.site,
+            )
+            .join(dicom_study, dicom_study.c.pk == dicom_instance.c.study_pk)
+            .where(dicom_instance.c.sop_uid.in_([p.sop_uid for p in items]))
         )
     }
     stored: list[Saved] = []
-    refused: list[tuple[Prepared, Failure]] = []
     fresh: list[tuple[Prepared, str | None]] = []
     touched: set[int] = set()
     seen: set[str] = set()
@@ -76,6 +91,9 @@ def save(
         seen.add(item.sop_uid)
         if old is None:
             fresh.append((item, None))
+        elif site is not None and old.site != site:
+            reason = "SOP Instance already stored by another site"
+            refused.append((item, Failure(Failure.DUPLICATE_SOP_INSTANCE, reason)))
         elif old.blob == item.blob:
             stored.append(Saved(item))  # the same bytes again: nothing to do
         elif policy == "replace":
@@ -85,7 +103,7 @@ def save(
         else:
             reason = "SOP Instance already stored with different content"
             refused.append((item, Failure(Failure.DUPLICATE_SOP_INSTANCE, reason)))
-    studies = _upsert_studies(conn, [p for p, _ in fresh], now)
+    studies = _upsert_studies(conn, [p for p, _ in fresh], now, site)
     series = _upsert_series(conn, [p for p, _ in fresh], studies)
     placed = []
     for item, old in fresh:
@@ -133,7 +151,9 @@ def save(
     return stored, refused, touched
 
 
-def _upsert_studies(conn: Connection, items: list[Prepared], now: datetime) -> dict[str, int]:
+def _upsert_studies(
+    conn: Connection, items: list[Prepared], now: datetime, site: str | None
+) -> dict[str, int]:
     """The studies' pks. New studies get a row; known ones take the latest instance's
     patient/study attributes (a corrected resend corrects the index). In UID order, so two
     writers lock rows in the same order; on PostgreSQL the upsert locks the row until
@@ -144,7 +164,7 @@ def _upsert_studies(conn: Connection, items: list[Prepared], now: datetime) -> d
     for uid in sorted(last):
         values = last[uid].values["study"]
         statement = _insert(conn)(dicom_study).values(
-            study_uid=uid, num_series=0, num_instances=0, updated=now, **values
+            study_uid=uid, num_series=0, num_instances=0, updated=now, site=site, **values
         )
         conn.execute(
             statement.on_conflict_do_update(
@@ -228,14 +248,34 @@ def refresh_counts(conn: Connection, study_pks: Iterable[int], now: datetime) ->
 # --- lookups for WADO and delete ---------------------------------------------------------
 
 
+def visible(site: str | None) -> list[Any]:
+    """A site sees its own studies and platform ones (no site); no site sees everything."""
+    if site is None:
+        return []
+    return [or_(dicom_study.c.site == site, dicom_study.c.site.is_(None))]
+
+
 def scope(
-    conn: Connection, study: str, series: str | None = None, instance: str | None = None
+    conn: Connection,
+    study: str,
+    series: str | None = None,
+    instance: str | None = None,
+    site: str | None = None,
+    *,
+    owned: bool = False,
 ) -> Any:
-    """A WHERE clause on dicom_instance for the addressed study/series/instance; 404 if none."""
-    query = select(dicom_study.c.pk).where(dicom_study.c.study_uid == study)
-    study_pk = conn.execute(query).scalar()
-    if study_pk is None:
+    """A WHERE clause on dicom_instance for the addressed study/series/instance; 404 if none
+    (or not visible to `site`); `owned`: 403 unless the study is the site's own."""
+    row = conn.execute(
+        select(dicom_study.c.pk, dicom_study.c.site).where(
+            dicom_study.c.study_uid == study, *visible(site)
+        )
+    ).first()
+    if row is None:
         raise NotFound("Study not found")
+    study_pk = row.pk
+    if owned and site is not None and row.site != site:
+        raise Forbidden("The study is not this site's to change")
     clause = dicom_instance.c.study_pk == study_pk
     if series is not None:
         series_pk = conn.execute(
@@ -252,7 +292,12 @@ def scope(
 
 
 def lookup(
-    conn: Connection, columns: list[Any], study: str, series: str | None, instance: str | None
+    conn: Connection,
+    columns: list[Any],
+    study: str,
+    series: str | None,
+    instance: str | None,
+    site: str | None = None,
 ) -> list[Any]:
     """The addressed instances' `columns` in one query (series, then instance order); 404s
     name the level that is missing."""
@@ -260,7 +305,7 @@ def lookup(
         select(*columns)
         .select_from(dicom_instance)
         .join(dicom_study, dicom_study.c.pk == dicom_instance.c.study_pk)
-        .where(dicom_study.c.study_uid == study)
+        .where(dicom_study.c.study_uid == study, *visible(site))
     )
     if series is not None:
         query = query.where(dicom_series.c.series_uid == series)
@@ -268,7 +313,7 @@ def lookup(
         query = query.where(dicom_instance.c.sop_uid == instance)
     rows = conn.execute(ordered(query)).all()
     if not rows:
-        scope(conn, study, series, instance)  # raises the precise 404
+        scope(conn, study, series, instance, site)  # raises the precise 404
         raise NotFound("Instance not found")
     return rows
 

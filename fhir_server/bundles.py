@@ -105,6 +105,7 @@ class Bundles:
         _refuse_duplicates(entries)
         responses: dict[int, Response] = {}
         with self.write() as repo:
+            repo.site = req.actor.site if req.actor is not None else None
             ids = self._assign_ids(repo, entries, responses)
             for entry in entries:
                 if isinstance(entry.resource, dict):

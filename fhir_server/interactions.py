@@ -180,6 +180,7 @@ class Interactions:
         self.options = options
 
     def run(self, repo: Repository, req: Request, where: Route) -> Response:
+        repo.site = req.actor.site if req.actor is not None else None
         if where.interaction != "search-system":  # checked once its types are known
             access.check(req.access, where.interaction, [where.type] if where.type else None)
         handler = getattr(self, "_" + where.interaction.replace("-", "_"))
@@ -311,7 +312,7 @@ class Interactions:
         if not params:
             raise InvalidRequest(f"Conditional {what} needs search criteria", (what,))
         # strict: a conditional interaction must not ignore a criterion it cannot evaluate
-        crit = SearchCompiler(self.options.registry, "").compile(
+        crit = SearchCompiler(self.options.registry, "", repo.site).compile(
             type_, params, strict=True, default_count=2, max_count=2
         )
         return [s for _, s in repo.search_ids(type_, crit.where, None, 2)]
@@ -354,7 +355,7 @@ class Interactions:
         path: str,
     ) -> Response:
         params = [(k, v) for k, v in (state["params"] if state else req.params) if k != "_type"]
-        compiler = SearchCompiler(self.options.registry, req.base)
+        compiler = SearchCompiler(self.options.registry, req.base, repo.site)
         # R4B: with several types, every parameter must be common to all of them.
         strict = _prefers(req, "handling") == "strict" or (types is not None and len(types) > 1)
         compiled = [

@@ -24,6 +24,7 @@ from sqlalchemy import (
     func,
     insert,
     intersect,
+    or_,
     select,
     tuple_,
     update,
@@ -32,6 +33,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from . import jsonio
+from .access import Forbidden
 from .bulk import insert_all
 from .errors import Conflict, Gone, InvalidRequest, NotFound, PreconditionFailed
 from .indexing import Indexer
@@ -81,13 +83,28 @@ def check_id(resource_id: str) -> str:
     return resource_id
 
 
+SITE_SYSTEM = "https://primage.eu/fhir/CodeSystem/site"
+
+
 def stamp(
-    body: dict[str, Any], resource_id: str, version: int, when: datetime
+    body: dict[str, Any], resource_id: str, version: int, when: datetime, site: str | None = None
 ) -> tuple[dict[str, Any], bytes]:
-    """The stored form: the client's JSON with the server's id and meta, id and meta first."""
+    """The stored form: the client's JSON with the server's id and meta, id and meta first;
+    a site's data carries the site as a meta.tag (what a client sent there is replaced)."""
     meta = dict(body.get("meta") or {})
     meta["versionId"] = str(version)
     meta["lastUpdated"] = format_instant(when)
+    tags = [
+        t
+        for t in meta.get("tag") or []
+        if not (isinstance(t, dict) and t.get("system") == SITE_SYSTEM)
+    ]
+    if site is not None:
+        tags.append({"system": SITE_SYSTEM, "code": site})
+    if tags:
+        meta["tag"] = tags
+    else:
+        meta.pop("tag", None)
     out: dict[str, Any] = {"resourceType": body["resourceType"], "id": resource_id, "meta": meta}
     for key, value in body.items():
         if key not in out:
@@ -120,7 +137,7 @@ def with_current(res: Any) -> Any:
 
 
 _CURRENT = (
-    select(*_VERSION_COLUMNS)
+    select(*_VERSION_COLUMNS, resource.c.site)
     .select_from(with_current(resource))
     .where(resource.c.type == bindparam("type"), resource.c.id == bindparam("id"))
 )
@@ -139,13 +156,29 @@ class Repository:
         self.indexer = indexer
         self._clock = clock or (lambda: datetime.now(UTC))
         self._locking = conn.dialect.name == "postgresql"
+        # The caller's site: it sees its own and platform data, and writes only its own.
+        # None: sees everything; what it creates is platform data.
+        self.site: str | None = None
+
+    def visible(self, res: Any = resource) -> list[Any]:
+        """WHERE clauses limiting `res` (the resource table or an alias) to what the caller's
+        site may see."""
+        if self.site is None:
+            return []
+        return [or_(res.c.site == self.site, res.c.site.is_(None))]
+
+    def _may_see(self, site: str | None) -> bool:
+        return self.site is None or site is None or site == self.site
 
     # --- reads -----------------------------------------------------------------------------
 
     def current(self, type_: str, id_: str) -> Stored | None:
-        """The current version (deleted or not), or None if the resource never existed."""
+        """The current version (deleted or not), or None if the resource never existed (or
+        belongs to a site the caller may not see: the two are indistinguishable)."""
         row = self.conn.execute(_CURRENT, {"type": type_, "id": id_}).first()
-        return Stored(*row) if row else None
+        if row is None or not self._may_see(row[-1]):
+            return None
+        return Stored(*row[:-1])
 
     def read(self, type_: str, id_: str) -> Stored:
         found = self.current(type_, id_)
@@ -165,6 +198,7 @@ class Repository:
                 resource.c.type == type_,
                 resource.c.id == id_,
                 resource_version.c.version == int(version),
+                *self.visible(),
             )
         ).first()
         if row is None:
@@ -203,7 +237,7 @@ class Repository:
         query = (
             select(resource.c.pk, *keys, *_VERSION_COLUMNS)
             .select_from(source)
-            .where(resource.c.deleted.is_(False), *_of_types(types), *where)
+            .where(resource.c.deleted.is_(False), *_of_types(types), *self.visible(), *where)
             .order_by(*order, resource.c.pk)
         )
         if after is not None:
@@ -263,7 +297,10 @@ class Repository:
                 )
             )
             .where(
-                ref.c.resource_pk.in_(pks), ref.c.type == inc.source, target.c.deleted.is_(False)
+                ref.c.resource_pk.in_(pks),
+                ref.c.type == inc.source,
+                target.c.deleted.is_(False),
+                *self.visible(target),
             )
             .distinct()
         )
@@ -286,6 +323,7 @@ class Repository:
                 ref.c.type == inc.source,
                 tuple_(ref.c.target_type, ref.c.target_id).in_(keys),
                 source.c.deleted.is_(False),
+                *self.visible(source),
             )
             .distinct()
         )
@@ -304,6 +342,9 @@ class Repository:
         resources of their type, so the resource table need not be read.
         """
         combined = sets[0] if len(sets) == 1 else intersect(*sets)
+        if self.site is not None:  # a site's count must look at the resources' sites
+            query = select(func.count()).where(resource.c.pk.in_(combined), *self.visible())
+            return int(self.conn.execute(query).scalar_one())
         distinct_pks = combined.subquery() if len(sets) > 1 else sets[0].distinct().subquery()
         return int(self.conn.execute(select(func.count()).select_from(distinct_pks)).scalar_one())
 
@@ -311,7 +352,7 @@ class Repository:
         query = (
             select(func.count())
             .select_from(resource)
-            .where(resource.c.deleted.is_(False), *_of_types(types), *where)
+            .where(resource.c.deleted.is_(False), *_of_types(types), *self.visible(), *where)
         )
         return int(self.conn.execute(query).scalar_one())
 
@@ -325,9 +366,15 @@ class Repository:
     ) -> list[tuple[Cursor, Stored]]:
         """Versions newest first, as FHIR history orders them."""
         query: Select[Any] = select(resource_version.c.resource_pk, *_VERSION_COLUMNS)
+        if self.site is not None:
+            query = query.join(resource, resource.c.pk == resource_version.c.resource_pk).where(
+                *self.visible()
+            )
         if id_ is not None and type_ is not None:
             pk = self.conn.execute(
-                select(resource.c.pk).where(resource.c.type == type_, resource.c.id == id_)
+                select(resource.c.pk).where(
+                    resource.c.type == type_, resource.c.id == id_, *self.visible()
+                )
             ).scalar()
             if pk is None:
                 raise NotFound(f"{type_}/{id_} is not known")
@@ -371,12 +418,19 @@ class Repository:
             return self.create_many([(body, id_ or str(uuid.uuid4()))])[0]
         type_ = body["resourceType"]
         when = self._clock()
-        document, content = stamp(body, id_, 1, when)
+        document, content = stamp(body, id_, 1, when, self.site)
         dialect_insert = pg_insert if self._locking else sqlite_insert
         # ON CONFLICT DO NOTHING: the loser of a race must not abort the whole transaction.
         new_pk = self.conn.execute(
             dialect_insert(resource).on_conflict_do_nothing().returning(resource.c.pk),
-            {"type": type_, "id": id_, "version": 1, "last_updated": when, "deleted": False},
+            {
+                "type": type_,
+                "id": id_,
+                "version": 1,
+                "last_updated": when,
+                "deleted": False,
+                "site": self.site,
+            },
         ).scalar()
         if new_pk is None:
             raise Conflict(f"{type_}/{id_} was created concurrently; retry")
@@ -397,11 +451,12 @@ class Repository:
                 "version": 1,
                 "last_updated": when,
                 "deleted": False,
+                "site": self.site,
             }
             for body, id_ in items
         ]
         pks = self.conn.execute(_INSERT_RESOURCE, rows).scalars().all()
-        stamped = [stamp(body, id_, 1, when) for body, id_ in items]
+        stamped = [stamp(body, id_, 1, when, self.site) for body, id_ in items]
         stored = [
             Stored(body["resourceType"], id_, 1, when, "POST", content)
             for (body, id_), (_, content) in zip(items, stamped, strict=True)
@@ -434,13 +489,13 @@ class Repository:
             if if_match is not None:
                 raise PreconditionFailed(f"{type_}/{id_} does not exist (If-Match given)")
             return self.create(body, id_), True
-        pk, version, deleted = current
+        pk, version, deleted, site = current
         if if_match is not None and if_match != version:
             raise PreconditionFailed(
                 f"{type_}/{id_} is at version {version}, not {if_match}",
             )
         when = self._clock()
-        document, content = stamp(body, id_, version + 1, when)
+        document, content = stamp(body, id_, version + 1, when, site)
         self._advance(pk, version, when, deleted=False)
         self._unindex(pk)
         self._write_rows(
@@ -455,7 +510,7 @@ class Repository:
             if if_match is not None:
                 raise PreconditionFailed(f"{type_}/{id_} does not exist (If-Match given)")
             return None
-        pk, version, deleted = current
+        pk, version, deleted, _ = current
         if if_match is not None and if_match != version:
             raise PreconditionFailed(f"{type_}/{id_} is at version {version}, not {if_match}")
         if deleted:
@@ -466,14 +521,19 @@ class Repository:
         self._write_rows([_version_row(pk, type_, id_, version + 1, when, "DELETE", None)], [])
         return Stored(type_, id_, version + 1, when, "DELETE", None)
 
-    def _locked_row(self, type_: str, id_: str) -> tuple[int, int, bool] | None:
-        query = select(resource.c.pk, resource.c.version, resource.c.deleted).where(
-            resource.c.type == type_, resource.c.id == id_
-        )
+    def _locked_row(self, type_: str, id_: str) -> tuple[int, int, bool, str | None] | None:
+        """The row about to change, locked; a site client may change only its own site's."""
+        query = select(
+            resource.c.pk, resource.c.version, resource.c.deleted, resource.c.site
+        ).where(resource.c.type == type_, resource.c.id == id_)
         if self._locking:
             query = query.with_for_update()
         row = self.conn.execute(query).first()
-        return (row[0], row[1], row[2]) if row else None
+        if row is None:
+            return None
+        if self.site is not None and row[3] != self.site:
+            raise Forbidden(f"{type_}/{id_} is not this site's to change")
+        return (row[0], row[1], row[2], row[3])
 
     def _advance(self, pk: int, version: int, when: datetime, *, deleted: bool) -> None:
         # Compare-and-set on the version: a concurrent writer that slipped past the row lock

@@ -64,8 +64,12 @@ resource = Table(
     Column("version", Integer, nullable=False),
     Column("last_updated", UtcDateTime, nullable=False),
     Column("deleted", Boolean, nullable=False, default=False),
+    # The site whose client wrote it; NULL: platform data (definitions, terminology, what
+    # an administrator wrote), readable by every site, writable by no site client.
+    Column("site", String(64)),
     UniqueConstraint("type", "id", name="uq_resource_type_id"),
     Index("ix_resource_type_last_updated", "type", "last_updated"),
+    Index("ix_resource_type_site", "type", "site"),
 )
 
 resource_version = Table(

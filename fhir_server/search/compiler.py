@@ -80,9 +80,15 @@ class Unsupported(InvalidRequest):
 
 
 class SearchCompiler:
-    def __init__(self, registry: Registry, base: str) -> None:
+    def __init__(self, registry: Registry, base: str, site: str | None = None) -> None:
         self.registry = registry
         self.base = base
+        self.site = site  # chains and _has look only at resources this site may see
+
+    def _visible(self, res: Any) -> list[Any]:
+        if self.site is None:
+            return []
+        return [or_(res.c.site == self.site, res.c.site.is_(None))]
 
     def compile(
         self,
@@ -277,6 +283,7 @@ class SearchCompiler:
                 and_(referenced.c.type == ref.c.target_type, referenced.c.id == ref.c.target_id),
             )
             .where(ref.c.type == type_, ref.c.param == code, or_(*per_type))
+            .where(*self._visible(referenced))
         )
         return PkSet(query, False)
 
@@ -302,6 +309,7 @@ class SearchCompiler:
                 ref.c.target_type == type_,
                 target.c.deleted.is_(False),
                 condition(referring, self.pk_set(source, inner, value, depth + 1)),
+                *self._visible(referring),
             )
         )
         return PkSet(query, False)

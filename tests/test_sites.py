@@ -1,0 +1,235 @@
+"""Site isolation: a site client sees and changes only its own site's data (and reads the
+platform's), through every side door; a researcher without a site reads everything."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from pydicom import Dataset
+from starlette.testclient import TestClient
+
+from primage.app import create_app
+from primage.settings import Settings
+from tests import dicom_data as data
+
+SITE_TAG = "https://primage.eu/fhir/CodeSystem/site"
+
+
+@pytest.fixture(scope="module")
+def app(settings: Settings) -> Iterator[FastAPI]:
+    application = create_app(settings.model_copy(update={"auth_enabled": True}))
+    yield application
+    application.state.database.engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def web(app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(app, base_url="http://testserver") as client:
+        yield client
+
+
+def _token(web: TestClient, app: FastAPI, scope: str, site: str | None) -> dict[str, str]:
+    client, secret = app.state.auth.clients.add(f"site-{site}", scope, site)
+    r = web.post(
+        "/oauth/token",
+        data={"grant_type": "client_credentials", "scope": scope},
+        auth=(client.client_id, secret),
+    )
+    return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
+@pytest.fixture(scope="module")
+def world(web: TestClient, app: FastAPI) -> dict[str, Any]:
+    """Site A and site B, each with a patient and an observation; B's second observation
+    points at A's patient and A's second at B's (references are not checked across sites);
+    plus platform data written by an administrator."""
+    tag = uuid.uuid4().hex[:8]
+    a = _token(web, app, "system/*.cruds", f"A{tag}")
+    b = _token(web, app, "system/*.cruds", f"B{tag}")
+    admin = _token(web, app, "system/*.cruds", None)
+    researcher = _token(web, app, "system/*.rs", None)
+
+    def create(headers: dict[str, str], body: dict[str, Any]) -> str:
+        r = web.post(f"/fhir/{body['resourceType']}", json=body, headers=headers)
+        assert r.status_code == 201, r.text
+        return r.json()["id"]
+
+    def observation(subject: str, code: str) -> dict[str, Any]:
+        return {
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"coding": [{"system": "urn:test", "code": code}]},
+            "subject": {"reference": f"Patient/{subject}"},
+        }
+
+    family = f"Fam{tag}"
+    pa = create(a, {"resourceType": "Patient", "gender": "female", "name": [{"family": family}]})
+    pb = create(b, {"resourceType": "Patient", "gender": "male", "name": [{"family": family}]})
+    oa = create(a, observation(pa, f"a-{tag}"))
+    ob = create(b, observation(pb, f"b-{tag}"))
+    ob_on_pa = create(b, observation(pa, f"secret-{tag}"))
+    oa_on_pb = create(a, observation(pb, f"a2-{tag}"))
+    platform = create(admin, {"resourceType": "Patient", "name": [{"family": family}]})
+    studies = {}
+    for site, headers in (("a", a), ("b", b)):
+        study = data.study(ct=2, mr=0, patient_id=f"PAT-{site}-{tag}")
+        r = web.post(
+            "/dicomweb/studies",
+            content=data.multipart([data.part10(ds) for ds in study]),
+            headers={**headers, "Content-Type": data.stow_type()},
+        )
+        assert r.status_code == 200
+        studies[site] = study
+    return {
+        "a": a,
+        "b": b,
+        "admin": admin,
+        "researcher": researcher,
+        "tag": tag,
+        "family": family,
+        "pa": pa,
+        "pb": pb,
+        "oa": oa,
+        "ob": ob,
+        "ob_on_pa": ob_on_pa,
+        "oa_on_pb": oa_on_pb,
+        "platform": platform,
+        "studies": studies,
+    }
+
+
+def _ids(web: TestClient, query: str, headers: dict[str, str]) -> set[str]:
+    r = web.get(f"/fhir/{query}", headers=headers)
+    assert r.status_code == 200, r.text
+    return {e["resource"]["id"] for e in r.json().get("entry", []) if "resource" in e}
+
+
+def test_reads_of_another_sites_resource_are_404(web: TestClient, world: dict) -> None:
+    a, pb = world["a"], world["pb"]
+    assert web.get(f"/fhir/Patient/{world['pa']}", headers=a).status_code == 200
+    for path in (f"Patient/{pb}", f"Patient/{pb}/_history/1", f"Patient/{pb}/_history"):
+        assert web.get(f"/fhir/{path}", headers=a).status_code == 404, path
+
+
+def test_search_sees_own_and_platform_data(web: TestClient, world: dict) -> None:
+    a, family = world["a"], world["family"]
+    assert _ids(web, f"Patient?family={family}", world["a"]) == {world["pa"], world["platform"]}
+    assert _ids(web, f"Patient?_id={world['pb']}", a) == set()
+    total = web.get(f"/fhir/Patient?family={family}&_summary=count", headers=a).json()["total"]
+    assert total == 2
+    everything = _ids(web, f"Patient?family={family}", world["researcher"])
+    assert everything == {world["pa"], world["pb"], world["platform"]}
+
+
+def test_includes_do_not_leak(web: TestClient, world: dict) -> None:
+    a = world["a"]
+    rev = _ids(web, f"Patient?_id={world['pa']}&_revinclude=Observation:subject", a)
+    assert world["ob_on_pa"] not in rev and world["oa"] in rev
+    fwd = _ids(web, f"Observation?_id={world['oa_on_pb']}&_include=Observation:subject", a)
+    assert fwd == {world["oa_on_pb"]}  # B's patient is not included
+
+
+def test_chains_and_has_do_not_leak(web: TestClient, world: dict) -> None:
+    a, tag = world["a"], world["tag"]
+    # A's observation points at B's (male) patient: a chain must not reveal B's data
+    assert _ids(web, f"Observation?code=urn:test|a2-{tag}&subject:Patient.gender=male", a) == set()
+    assert _ids(web, f"Observation?code=urn:test|a2-{tag}", a) == {world["oa_on_pb"]}
+    # B's observation points at A's patient: _has must not reveal B's codes
+    assert _ids(web, f"Patient?_has:Observation:subject:code=urn:test|secret-{tag}", a) == set()
+    researcher = world["researcher"]
+    found = _ids(web, f"Patient?_has:Observation:subject:code=urn:test|secret-{tag}", researcher)
+    assert found == {world["pa"]}
+
+
+def test_history_shows_only_own_versions(web: TestClient, world: dict) -> None:
+    bundle = web.get("/fhir/Patient/_history?_count=500", headers=world["a"]).json()
+    ids = {e["resource"]["id"] for e in bundle.get("entry", []) if "resource" in e}
+    assert world["pb"] not in ids and world["pa"] in ids
+
+
+@pytest.mark.parametrize("how", ["update", "patch", "delete", "transaction", "platform"])
+def test_writes_to_another_sites_resources_are_403(web: TestClient, world: dict, how: str) -> None:
+    a, pb = world["a"], world["pb"]
+    body = {"resourceType": "Patient", "id": pb, "gender": "other"}
+    if how == "update":
+        r = web.put(f"/fhir/Patient/{pb}", json=body, headers=a)
+    elif how == "patch":
+        ops = '[{"op": "replace", "path": "/gender", "value": "other"}]'
+        headers = {**a, "Content-Type": "application/json-patch+json"}
+        r = web.patch(f"/fhir/Patient/{pb}", content=ops, headers=headers)
+    elif how == "delete":
+        r = web.delete(f"/fhir/Observation/{world['ob']}", headers=a)
+    elif how == "transaction":
+        bundle = {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [{"resource": body, "request": {"method": "PUT", "url": f"Patient/{pb}"}}],
+        }
+        r = web.post("/fhir", json=bundle, headers=a)
+    else:
+        platform = {"resourceType": "Patient", "id": world["platform"]}
+        r = web.put(f"/fhir/Patient/{world['platform']}", json=platform, headers=a)
+    # refused: 403, or 404 where the interaction first reads what the site cannot see
+    assert r.status_code in ((403, 404) if how == "patch" else (403,)), r.text
+    after = web.get(f"/fhir/Patient/{pb}", headers=world["b"]).json()
+    assert after["gender"] == "male"
+    assert web.get(f"/fhir/Observation/{world['ob']}", headers=world["b"]).status_code == 200
+
+
+def test_stored_resources_carry_their_site(web: TestClient, world: dict) -> None:
+    patient = web.get(f"/fhir/Patient/{world['pa']}", headers=world["researcher"]).json()
+    assert {"system": SITE_TAG, "code": f"A{world['tag']}"} in patient["meta"]["tag"]
+    spoof = {
+        "resourceType": "Patient",
+        "meta": {"tag": [{"system": SITE_TAG, "code": f"B{world['tag']}"}]},
+    }
+    made = web.post("/fhir/Patient", json=spoof, headers=world["a"]).json()
+    assert made["meta"]["tag"] == [{"system": SITE_TAG, "code": f"A{world['tag']}"}]
+
+
+def _uid(study: list[Dataset]) -> str:
+    return study[0].StudyInstanceUID
+
+
+def test_dicomweb_is_isolated_by_site(web: TestClient, world: dict) -> None:
+    a, b = world["a"], world["b"]
+    mine, theirs = world["studies"]["a"], world["studies"]["b"]
+    found = {s["0020000D"]["Value"][0] for s in web.get("/dicomweb/studies", headers=a).json()}
+    assert _uid(mine) in found and _uid(theirs) not in found
+    for path in ("", "/metadata", "/series", "/thumbnail"):
+        url = f"/dicomweb/studies/{_uid(theirs)}{path}"
+        accept = "image/jpeg" if path == "/thumbnail" else "*/*"
+        assert web.get(url, headers={**a, "Accept": accept}).status_code == 404, path
+    one = theirs[0]
+    frame = (
+        f"/dicomweb/studies/{one.StudyInstanceUID}/series/{one.SeriesInstanceUID}"
+        f"/instances/{one.SOPInstanceUID}/frames/1"
+    )
+    assert web.get(frame, headers=a).status_code == 404
+    assert web.get(f"/fhir/ImagingStudy/{_uid(theirs)}", headers=a).status_code == 404
+    everything = web.get("/dicomweb/studies", headers=world["researcher"]).json()
+    assert {_uid(mine), _uid(theirs)} <= {s["0020000D"]["Value"][0] for s in everything}
+    assert web.delete(f"/dicomweb/studies/{_uid(theirs)}", headers=a).status_code == 404
+    assert web.get(f"/dicomweb/studies/{_uid(theirs)}/metadata", headers=b).status_code == 200
+
+
+def test_stow_into_another_sites_study_is_refused(web: TestClient, world: dict) -> None:
+    theirs = world["studies"]["b"]
+    intruder = data.image(_uid(theirs), theirs[0].SeriesInstanceUID, 9)
+    again = theirs[0]  # the same bytes B stored: must not be acknowledged to A either
+    r = web.post(
+        "/dicomweb/studies",
+        content=data.multipart([data.part10(intruder), data.part10(again)]),
+        headers={**world["a"], "Content-Type": data.stow_type()},
+    )
+    assert r.status_code == 409
+    reasons = [i.FailureReason for i in Dataset.from_json(r.json()).FailedSOPSequence]
+    assert reasons == [0xA900, 0xA900]
+    count = web.get(
+        f"/dicomweb/studies?StudyInstanceUID={_uid(theirs)}", headers=world["b"]
+    ).json()[0]["00201208"]["Value"]
+    assert count == [2]
