@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 from fastapi import FastAPI
@@ -30,8 +31,9 @@ from .auth import server as auth_server
 from .auth.clients import Clients
 from .auth.keys import KeyRing
 from .auth.middleware import BearerAuth
-from .auth.tokens import Revocations, Tokens
+from .auth.tokens import ExternalIssuer, Revocations, Tokens
 from .metrics import Metrics, MetricsMiddleware
+from .security import SecurityHeaders
 from .settings import Settings
 
 log = logging.getLogger("primage")
@@ -83,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(auth_server.build_router(auth))  # before /fhir/{path}
     else:
         log.warning("PRIMAGE_AUTH_ENABLED=false: every request is served without a token")
+    app.add_middleware(SecurityHeaders)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     if settings.cors_origins:
         app.add_middleware(
@@ -132,6 +135,14 @@ def _auth_server(settings: Settings, database: db.Database) -> auth_server.AuthS
     keys = KeyRing(database.read, database.write, settings.secret(), settings.auth_token_lifetime)
     revocations = Revocations(database.read, database.write)
     tokens = Tokens(keys, revocations, database.write, settings.auth_token_lifetime)
+    if settings.oidc_issuer and settings.oidc_jwks_file:
+        tokens.external = ExternalIssuer(
+            issuer=settings.oidc_issuer,
+            jwks=json.loads(settings.oidc_jwks_file.read_text()),
+            audience=settings.oidc_audience or "primage",
+            site_claim=settings.oidc_site_claim,
+            scope_claim=settings.oidc_scope_claim,
+        )
     issuer = settings.auth_issuer.rstrip("/") if settings.auth_issuer else None
     limit = auth_server.RateLimit(settings.auth_token_rate, settings.auth_token_burst)
     return auth_server.AuthServer(Clients(database.read, database.write), tokens, issuer, limit)

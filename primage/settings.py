@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     auth_token_lifetime: int = 300  # seconds
     auth_token_rate: float = 5.0  # token requests per second per client (burst below)
     auth_token_burst: int = 20
+    # An external OpenID Connect provider whose access tokens are accepted as well
+    oidc_issuer: str | None = None
+    oidc_jwks_file: Path | None = None  # its JWKS (fetch it from the provider's jwks_uri)
+    oidc_audience: str | None = None  # what its tokens name in aud for primage ("primage")
+    oidc_site_claim: str = "site"
+    oidc_scope_claim: str = "scope"
 
     def database(self) -> str:
         if self.database_url is not None:

@@ -728,3 +728,10 @@ def test_transactions_and_dicomweb_are_audited(web: TestClient, auth_app: FastAP
     assert stow["entity"][0]["what"]["identifier"]["value"] == f"urn:oid:{uid}"
     for e in events:
         AuditEvent.model_validate(e)
+
+
+def test_security_headers(web: TestClient) -> None:
+    for r in (web.get("/fhir/metadata"), web.get("/dicomweb/studies"), web.get("/healthz")):
+        assert r.headers["x-content-type-options"] == "nosniff"
+        assert r.headers["x-frame-options"] == "DENY"
+        assert "strict-transport-security" not in r.headers  # plain HTTP here

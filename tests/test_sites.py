@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
 import pytest
 from fastapi import FastAPI
 from pydicom import Dataset
@@ -233,3 +234,52 @@ def test_stow_into_another_sites_study_is_refused(web: TestClient, world: dict) 
         f"/dicomweb/studies?StudyInstanceUID={_uid(theirs)}", headers=world["b"]
     ).json()[0]["00201208"]["Value"]
     assert count == [2]
+
+
+def test_tokens_from_an_external_openid_provider(settings: Settings, tmp_path, world: dict) -> None:
+    """A hospital's Keycloak (here: a key of the test's own) issues the token; its site
+    claim puts the caller in that site, its scope claim says what it may do."""
+    import time
+
+    from joserfc import jwt
+    from joserfc.jwk import RSAKey
+
+    issuer = "https://keycloak.hospital.example/realms/primage"
+    key = RSAKey.generate_key(2048, parameters={"kid": "kc"})
+    jwks = tmp_path / "keycloak-jwks.json"
+    jwks.write_text(orjson.dumps({"keys": [key.as_dict(private=False)]}).decode())
+    app = create_app(
+        settings.model_copy(
+            update={
+                "auth_enabled": True,
+                "oidc_issuer": issuer,
+                "oidc_jwks_file": jwks,
+                "oidc_audience": "primage",
+                "oidc_site_claim": "hospital",
+            }
+        )
+    )
+
+    def token(signer: RSAKey = key, **claims: Any) -> dict[str, str]:
+        now = int(time.time())
+        body = {
+            "iss": issuer,
+            "aud": "primage",
+            "sub": "user-1",
+            "azp": "hospital-portal",
+            "exp": now + 300,
+            "scope": "system/Patient.rs",
+            "hospital": f"A{world['tag']}",
+            **claims,
+        }
+        signed = jwt.encode({"alg": "RS256", "kid": "kc"}, body, signer)
+        return {"Authorization": f"Bearer {signed}"}
+
+    with TestClient(app, base_url="http://testserver") as web:
+        family = world["family"]
+        assert _ids(web, f"Patient?family={family}", token()) == {world["pa"], world["platform"]}
+        assert web.get("/fhir/Observation", headers=token()).status_code == 403  # scope
+        stranger = RSAKey.generate_key(2048, parameters={"kid": "kc"})
+        for bad in (token(aud="someone-else"), token(stranger), token(exp=int(time.time()) - 99)):
+            assert web.get("/fhir/Patient", headers=bad).status_code == 401
+    app.state.database.engine.dispose()
