@@ -104,6 +104,9 @@ def save(
             reason = "SOP Instance already stored with different content"
             refused.append((item, Failure(Failure.DUPLICATE_SOP_INSTANCE, reason)))
     studies = _upsert_studies(conn, [p for p, _ in fresh], now, site)
+    lost = [(p, old) for p, old in fresh if p.study_uid not in studies]
+    refused += [(p, Failure.mismatch("the study belongs to another site")) for p, _ in lost]
+    fresh = [(p, old) for p, old in fresh if p.study_uid in studies]
     series = _upsert_series(conn, [p for p, _ in fresh], studies)
     placed = []
     for item, old in fresh:
@@ -166,20 +169,26 @@ def _upsert_studies(
         statement = _insert(conn)(dicom_study).values(
             study_uid=uid, num_series=0, num_instances=0, updated=now, site=site, **values
         )
+        # only a row of the same site (or any row, for a caller without one) takes the new
+        # attributes: a concurrent STOW by another site of the same new UID must not
         conn.execute(
             statement.on_conflict_do_update(
-                index_elements=[dicom_study.c.study_uid], set_={**values, "updated": now}
+                index_elements=[dicom_study.c.study_uid],
+                set_={**values, "updated": now},
+                where=dicom_study.c.site == site if site is not None else None,
             )
         )
     if not last:
         return {}
-    return dict(
-        conn.execute(
-            select(dicom_study.c.study_uid, dicom_study.c.pk).where(
+    return {
+        uid: pk
+        for uid, pk, owner in conn.execute(
+            select(dicom_study.c.study_uid, dicom_study.c.pk, dicom_study.c.site).where(
                 dicom_study.c.study_uid.in_(list(last))
             )
         ).all()
-    )
+        if site is None or owner == site  # lost the race to another site: not ours
+    }
 
 
 def _upsert_series(
@@ -194,8 +203,13 @@ def _upsert_series(
         statement = _insert(conn)(dicom_series).values(
             study_pk=studies[last[uid].study_uid], series_uid=uid, num_instances=0, **values
         )
+        # a known series keeps its study: only its own study's instances update it
         conn.execute(
-            statement.on_conflict_do_update(index_elements=[dicom_series.c.series_uid], set_=values)
+            statement.on_conflict_do_update(
+                index_elements=[dicom_series.c.series_uid],
+                set_=values,
+                where=dicom_series.c.study_pk == studies[last[uid].study_uid],
+            )
         )
     if not last:
         return {}

@@ -12,7 +12,9 @@ from typing import Protocol
 
 from .errors import FhirError
 
-# SMART v2 permission letters per interaction (create, read, update, delete, search).
+# SMART v2 permission letters per interaction (create, read, update, delete, search); all
+# of an interaction's letters are needed: a patch answers with the whole resource (r), a
+# conditional interaction searches (s).
 PERMISSION = {
     "read": "r",
     "vread": "r",
@@ -23,11 +25,11 @@ PERMISSION = {
     "history-system": "s",
     "create": "c",
     "update": "u",
-    "patch": "u",
+    "patch": "ur",
     "delete": "d",
-    "conditional-update": "u",
-    "conditional-patch": "u",
-    "conditional-delete": "d",
+    "conditional-update": "us",
+    "conditional-patch": "urs",
+    "conditional-delete": "ds",
 }
 PUBLIC = {"capabilities", "batch/transaction"}  # a Bundle's entries are checked one by one
 
@@ -49,9 +51,9 @@ def check(access: Access | None, interaction: str, types: list[str] | None) -> N
     (None: the interaction spans all types)."""
     if access is None or interaction in PUBLIC:
         return
-    permission = PERMISSION.get(interaction)
-    if permission is None:
+    letters = PERMISSION.get(interaction)
+    if letters is None:
         raise Forbidden(f"No scope grants {interaction}")
     for type_ in types or ["*"]:
-        if not access.allows(type_, permission):
+        if not all(access.allows(type_, letter) for letter in letters):
             raise Forbidden(f"The token's scopes do not allow {interaction} on {type_}")

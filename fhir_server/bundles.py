@@ -58,6 +58,10 @@ class Bundles:
         self.write = write
         # called inside a transaction's database transaction with what it wrote
         self.audit: Callable[[Repository, Request, list[str]], None] | None = None
+        # called for each batch entry: in its transaction after a write (repo), else None
+        self.audit_entry: (
+            Callable[[Repository | None, Request, str, Route, Response], None] | None
+        ) = None
 
     def process(self, req: Request) -> Response:
         bundle = req.body
@@ -88,16 +92,34 @@ class Bundles:
                     raise entry
                 if entry.where.interaction == "batch/transaction":
                     raise InvalidRequest("Bundles cannot nest", (f"Bundle.entry[{i}]",))
+                entry_req = _entry_request(req, entry)
                 with self.write() as repo:
-                    response = self.interactions.run(repo, _entry_request(req, entry), entry.where)
+                    response = self.interactions.run(repo, entry_req, entry.where)
                     if response.is_error:
                         raise _Failed(response)
+                    if self.audit_entry is not None:  # commits with the entry's write
+                        self.audit_entry(
+                            repo, entry_req, entry.where.interaction, entry.where, response
+                        )
             except FhirError as err:
                 response = error_response(err)
+                self._audit_failure(req, raw, response)
             except _Failed as failed:
                 response = failed.response
+                self._audit_failure(req, raw, response)
             results.append(_response_entry(req, response))
         return Response(200, _bundle("batch-response", results))
+
+    def _audit_failure(self, req: Request, raw: Any, response: Response) -> None:
+        if self.audit_entry is None:
+            return
+        try:
+            entry = _parse_entry(0, raw, strict=False)
+        except FhirError:
+            return
+        if isinstance(entry, Entry):
+            interaction = entry.where.interaction
+            self.audit_entry(None, _entry_request(req, entry), interaction, entry.where, response)
 
     # --- transaction ---------------------------------------------------------------------
 
@@ -106,11 +128,13 @@ class Bundles:
         responses: dict[int, Response] = {}
         with self.write() as repo:
             repo.site = req.actor.site if req.actor is not None else None
-            ids = self._assign_ids(repo, entries, responses)
+            ids = self._assign_ids(repo, req, entries, responses)
             for entry in entries:
                 if isinstance(entry.resource, dict):
                     entry.resource = _rewrite(
-                        entry.resource, ids, lambda ref, e=entry: self._resolve(repo, ref, e)
+                        entry.resource,
+                        ids,
+                        lambda ref, e=entry: self._resolve(repo, req, ref, e),
                     )
             pending = sorted(
                 (e for e in entries if e.index not in responses),
@@ -136,7 +160,7 @@ class Bundles:
         return Response(200, _bundle("transaction-response", results))
 
     def _assign_ids(
-        self, repo: Repository, entries: list[Entry], responses: dict[int, Response]
+        self, repo: Repository, req: Request, entries: list[Entry], responses: dict[int, Response]
     ) -> dict[str, str]:
         """fullUrl -> Type/id for every entry another entry may reference."""
         ids: dict[str, str] = {}
@@ -144,12 +168,16 @@ class Bundles:
             type_ = entry.where.type
             if entry.method == "POST" and type_:
                 if if_none_exist := entry.headers.get("if-none-exist"):
-                    found = self.interactions.matches(repo, type_, if_none_exist, "If-None-Exist")
+                    access.check(req.access, "create", [type_])
+                    found = self.interactions.matches(
+                        repo, type_, if_none_exist, "If-None-Exist", req.access
+                    )
                     if len(found) > 1:
                         raise _located(
                             PreconditionFailed(f"ifNoneExist matched {len(found)} resources"), entry
                         )
                     if found:
+                        access.check(req.access, "read", [type_])  # answered with its content
                         ids[entry.full_url or ""] = found[0].reference
                         responses[entry.index] = Response(
                             200, found[0].content, {"ETag": found[0].etag}, found[0]
@@ -161,12 +189,12 @@ class Bundles:
         ids.pop("", None)
         return ids
 
-    def _resolve(self, repo: Repository, reference: str, entry: Entry) -> str:
+    def _resolve(self, repo: Repository, req: Request, reference: str, entry: Entry) -> str:
         """A conditional reference (Type?criteria) must match exactly one resource."""
         type_, _, query = reference.partition("?")
         if not models.is_resource_type(type_):
             raise _located(InvalidRequest(f"Unknown type in reference {type_[:64]}"), entry)
-        found = self.interactions.matches(repo, type_, query, "reference")
+        found = self.interactions.matches(repo, type_, query, "reference", req.access)
         if len(found) != 1:
             raise _located(
                 PreconditionFailed(

@@ -214,12 +214,13 @@ class Interactions:
         body = models.validate(req.body, r.type)
         condition = req.header("if-none-exist")
         if condition:
-            matches = self.matches(repo, r.type, condition, "If-None-Exist")
+            matches = self.matches(repo, r.type, condition, "If-None-Exist", req.access)
             if len(matches) > 1:
                 raise PreconditionFailed(
                     f"If-None-Exist matched {len(matches)} resources", ("If-None-Exist",)
                 )
             if matches:
+                access.check(req.access, "read", [r.type])  # the answer is the stored resource
                 return _found(matches[0])
         stored = repo.create(body)
         return written(stored, req.base, 201)
@@ -260,7 +261,7 @@ class Interactions:
 
     def _conditional_update(self, repo: Repository, req: Request, r: Route) -> Response:
         assert r.type
-        matches = self.matches(repo, r.type, req.params, "search")
+        matches = self.matches(repo, r.type, req.params, "search", req.access)
         body = req.body if isinstance(req.body, dict) else {}
         if len(matches) > 1:
             raise PreconditionFailed(
@@ -283,7 +284,7 @@ class Interactions:
 
     def _conditional_patch(self, repo: Repository, req: Request, r: Route) -> Response:
         assert r.type
-        matches = self.matches(repo, r.type, req.params, "search")
+        matches = self.matches(repo, r.type, req.params, "search", req.access)
         if len(matches) != 1:
             code = 404 if not matches else 412
             raise (NotFound if code == 404 else PreconditionFailed)(
@@ -293,7 +294,7 @@ class Interactions:
 
     def _conditional_delete(self, repo: Repository, req: Request, r: Route) -> Response:
         assert r.type
-        matches = self.matches(repo, r.type, req.params, "search")
+        matches = self.matches(repo, r.type, req.params, "search", req.access)
         if len(matches) > 1:
             raise PreconditionFailed(
                 f"The criteria matched {len(matches)} resources; this server deletes one at a time"
@@ -303,8 +304,15 @@ class Interactions:
         return self._delete(repo, req, Route("delete", r.type, matches[0].id))
 
     def matches(
-        self, repo: Repository, type_: str, criteria: str | list[tuple[str, str]], what: str
+        self,
+        repo: Repository,
+        type_: str,
+        criteria: str | list[tuple[str, str]],
+        what: str,
+        grant: Access | None = None,
     ) -> list[Stored]:
+        """Conditional interactions search: the caller needs search scope on the type."""
+        access.check(grant, "search-type", [type_])
         params = (
             parse_qsl(criteria, keep_blank_values=True) if isinstance(criteria, str) else criteria
         )
@@ -312,7 +320,7 @@ class Interactions:
         if not params:
             raise InvalidRequest(f"Conditional {what} needs search criteria", (what,))
         # strict: a conditional interaction must not ignore a criterion it cannot evaluate
-        crit = SearchCompiler(self.options.registry, "", repo.site).compile(
+        crit = SearchCompiler(self.options.registry, "", repo.site, grant).compile(
             type_, params, strict=True, default_count=2, max_count=2
         )
         return [s for _, s in repo.search_ids(type_, crit.where, None, 2)]
@@ -355,7 +363,7 @@ class Interactions:
         path: str,
     ) -> Response:
         params = [(k, v) for k, v in (state["params"] if state else req.params) if k != "_type"]
-        compiler = SearchCompiler(self.options.registry, req.base, repo.site)
+        compiler = SearchCompiler(self.options.registry, req.base, repo.site, req.access)
         # R4B: with several types, every parameter must be common to all of them.
         strict = _prefers(req, "handling") == "strict" or (types is not None and len(types) > 1)
         compiled = [
@@ -426,6 +434,7 @@ class Interactions:
                         "params": applied,
                         "after": {"pk": last_pk, "values": sort.dump(parts, last_values)},
                         "total": total,
+                        "site": repo.site,
                     }
                 )
                 links.append({"relation": "next", "url": f"{path}?_page={token}"})
@@ -481,6 +490,7 @@ class Interactions:
                 {
                     "params": applied,
                     "after": [last.last_updated.isoformat(), last.resource_pk, last.version],
+                    "site": repo.site,
                 }
             )
             links.append({"relation": "next", "url": f"{req.base}/{path}?_page={token}"})
@@ -491,6 +501,9 @@ class Interactions:
         if token is None:
             return None
         state = self.tokens.decode(token)
+        site = req.actor.site if req.actor is not None else None
+        if state.get("site") != site:  # a link made for another site's view of the data
+            raise InvalidRequest("This paging link belongs to another caller", ("_page",))
         state["params"] = [tuple(p) for p in state.get("params", [])]
         return state
 

@@ -45,6 +45,7 @@ class FhirService:
         self.audit = audit
         if audit is not None:
             self.bundles.audit = self._audit_transaction
+            self.bundles.audit_entry = self._audit
         self.load_search_parameters()
 
     def load_search_parameters(self) -> None:
@@ -71,7 +72,7 @@ class FhirService:
             interaction = where.interaction
             if interaction == "batch/transaction":
                 response = self.bundles.process(req)
-                if _bundle_type(req) != "transaction" or response.is_error:
+                if response.is_error:  # a batch's entries and a transaction audit themselves
                     self._audit(None, req, _bundle_type(req), where, response)
             else:
                 transaction = self._read if interaction in READ_ONLY else self._write

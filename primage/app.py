@@ -142,6 +142,8 @@ def _auth_server(settings: Settings, database: db.Database) -> auth_server.AuthS
             audience=settings.oidc_audience or "primage",
             site_claim=settings.oidc_site_claim,
             scope_claim=settings.oidc_scope_claim,
+            allowed_scopes=tuple(settings.oidc_allowed_scopes),
+            require_site=settings.oidc_require_site,
         )
     issuer = settings.auth_issuer.rstrip("/") if settings.auth_issuer else None
     limit = auth_server.RateLimit(settings.auth_token_rate, settings.auth_token_burst)

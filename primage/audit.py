@@ -15,6 +15,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
+from fhir_server.audit import SITE_EXTENSION
 from fhir_server.repository import Repository
 
 log = logging.getLogger("primage.audit")
@@ -37,8 +38,12 @@ class AuditTrail:
         self._thread.start()
 
     def __call__(self, repo: Repository | None, event: dict[str, Any]) -> None:
-        if repo is not None:
-            repo.create(event)  # commits (or rolls back) with the caller's write
+        if repo is not None:  # commits (or rolls back) with the caller's write
+            caller_site, repo.site = repo.site, _site(event)
+            try:
+                repo.create(event)
+            finally:
+                repo.site = caller_site
         else:
             self._queue.put(event)
 
@@ -55,9 +60,14 @@ class AuditTrail:
                         break
                 if not events:
                     return written
+                by_site: dict[str, list[dict[str, Any]]] = {}
+                for e in events:
+                    by_site.setdefault(_site(e), []).append(e)
                 try:
                     with self._write() as repo:
-                        repo.create_many([(e, str(uuid.uuid4())) for e in events])
+                        for site, group in by_site.items():  # an event belongs to its site
+                            repo.site = site
+                            repo.create_many([(e, str(uuid.uuid4())) for e in group])
                     written += len(events)
                 except Exception:
                     log.exception("audit events could not be written; retrying")
@@ -73,3 +83,18 @@ class AuditTrail:
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
             self.flush()
+
+
+# Events of callers without a site (researchers, administrators) are not platform data
+# that every site may read: they belong to this reserved site, which only site-less
+# auditors see.
+UNSITED = "_platform"
+
+
+def _site(event: dict[str, Any]) -> str:
+    """The caller's site, which the event builder put on the agent."""
+    for agent in event.get("agent", []):
+        for extension in agent.get("extension", []):
+            if extension.get("url") == SITE_EXTENSION:
+                return str(extension["valueCode"])
+    return UNSITED

@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     oidc_audience: str | None = None  # what its tokens name in aud for primage ("primage")
     oidc_site_claim: str = "site"
     oidc_scope_claim: str = "scope"
+    oidc_allowed_scopes: list[str] = ["system/*.rs"]  # the most its tokens may grant
+    oidc_require_site: bool = True  # refuse its tokens without the site claim
 
     def database(self) -> str:
         if self.database_url is not None:

@@ -359,8 +359,10 @@ def test_introspection_and_revocation(web: TestClient, auth_app: FastAPI) -> Non
     assert info["scope"] == "system/*.rs"
     unauthenticated = web.post("/oauth/introspect", data={"token": token})
     assert unauthenticated.status_code == 401
-    # another client cannot revoke it
     other_id, other_secret = register(auth_app, "system/*.rs")
+    foreign = web.post("/oauth/introspect", data={"token": token}, auth=(other_id, other_secret))
+    assert foreign.json() == {"active": False}  # only a client's own tokens
+    # another client cannot revoke it
     web.post("/oauth/revoke", data={"token": token}, auth=(other_id, other_secret))
     assert web.get("/fhir/Patient", headers=bearer(token)).status_code == 200
     assert (
@@ -437,6 +439,25 @@ def _request(web: TestClient, what: str, seeded: dict[str, str], token: str) -> 
         return web.patch(f"/fhir/Patient/{p}", content=json.dumps(ops), headers=headers).status_code
     if what == "delete":
         return web.delete(f"/fhir/Observation/{o}-none", headers=h).status_code
+    if what == "conditional-create":
+        headers = {**h, "If-None-Exist": f"_id={p}"}
+        return web.post("/fhir/Patient", json=patient, headers=headers).status_code
+    if what == "transaction-if-none-exist":
+        bundle = {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [
+                {
+                    "resource": patient,
+                    "request": {"method": "POST", "url": "Patient", "ifNoneExist": f"_id={p}"},
+                }
+            ],
+        }
+        return web.post("/fhir", json=bundle, headers=h).status_code
+    if what == "chain":
+        return web.get("/fhir/Observation?subject:Patient.gender=female", headers=h).status_code
+    if what == "has":
+        return web.get("/fhir/Patient?_has:Observation:subject:status=final", headers=h).status_code
     if what == "batch-read":
         bundle = {
             "resourceType": "Bundle",
@@ -495,7 +516,16 @@ MATRIX = [
     ("system/Patient.c", "create", True),
     ("system/Patient.c", "update", False),
     ("system/Patient.u", "update", True),
-    ("system/Patient.u", "patch", True),
+    ("system/Patient.u", "patch", False),  # a patch answers with the whole resource
+    ("system/Patient.ru", "patch", True),
+    ("system/Patient.c", "conditional-create", False),  # If-None-Exist searches
+    ("system/Patient.cs", "conditional-create", False),  # ...and may answer a stored one
+    ("system/Patient.crs", "conditional-create", True),
+    ("system/Patient.c", "transaction-if-none-exist", False),
+    ("system/Observation.rs", "chain", False),  # the chain looks into Patient
+    ("system/Observation.rs system/Patient.s", "chain", True),
+    ("system/Patient.rs", "has", False),  # _has looks into Observation
+    ("system/Patient.rs system/Observation.s", "has", True),
     ("system/Observation.d", "delete", True),
     ("system/Patient.d", "delete", False),
     ("system/Patient.c", "transaction", True),
@@ -735,3 +765,25 @@ def test_security_headers(web: TestClient) -> None:
         assert r.headers["x-content-type-options"] == "nosniff"
         assert r.headers["x-frame-options"] == "DENY"
         assert "strict-transport-security" not in r.headers  # plain HTTP here
+
+
+def test_batch_entries_are_audited_in_their_own_transactions(
+    web: TestClient, auth_app: FastAPI
+) -> None:
+    client_id, secret = register(auth_app, "system/*.cruds")
+    form = {"grant_type": "client_credentials", "scope": "system/*.cruds"}
+    token = web.post("/oauth/token", data=form, auth=(client_id, secret)).json()["access_token"]
+    made = web.post("/fhir/Patient", json={"resourceType": "Patient"}, headers=bearer(token)).json()
+    batch = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [
+            {"request": {"method": "DELETE", "url": f"Patient/{made['id']}"}},
+            {"request": {"method": "GET", "url": "Patient/no-such-patient"}},
+        ],
+    }
+    assert web.post("/fhir", json=batch, headers=bearer(token)).status_code == 200
+    events = _events(web, auth_app, f"altid={client_id}")
+    deleted = [e for e in events if e["subtype"][0]["code"] == "delete"]
+    assert deleted and deleted[0]["entity"][0]["what"]["reference"] == f"Patient/{made['id']}"
+    assert any(e["subtype"][0]["code"] == "read" and e["outcome"] == "4" for e in events)

@@ -272,6 +272,7 @@ def test_tokens_from_an_external_openid_provider(settings: Settings, tmp_path, w
             "hospital": f"A{world['tag']}",
             **claims,
         }
+        body = {k: v for k, v in body.items() if v is not None}
         signed = jwt.encode({"alg": "RS256", "kid": "kc"}, body, signer)
         return {"Authorization": f"Bearer {signed}"}
 
@@ -280,6 +281,46 @@ def test_tokens_from_an_external_openid_provider(settings: Settings, tmp_path, w
         assert _ids(web, f"Patient?family={family}", token()) == {world["pa"], world["platform"]}
         assert web.get("/fhir/Observation", headers=token()).status_code == 403  # scope
         stranger = RSAKey.generate_key(2048, parameters={"kid": "kc"})
-        for bad in (token(aud="someone-else"), token(stranger), token(exp=int(time.time()) - 99)):
+        for bad in (
+            token(aud="someone-else"),
+            token(stranger),
+            token(exp=int(time.time()) - 99),
+            token(hospital=None),  # no site claim: it would otherwise see every site
+        ):
             assert web.get("/fhir/Patient", headers=bad).status_code == 401
+        # the provider cannot grant more than the deployment allows (system/*.rs)
+        wide = token(scope="system/*.cruds")
+        assert web.get("/fhir/Patient", headers=wide).status_code == 200
+        assert (
+            web.post("/fhir/Patient", json={"resourceType": "Patient"}, headers=wide).status_code
+            == 403
+        )
     app.state.database.engine.dispose()
+
+
+def test_audit_events_belong_to_the_callers_site(
+    web: TestClient, app: FastAPI, world: dict
+) -> None:
+    web.get(f"/fhir/Patient/{world['pa']}", headers=world["a"])  # a queued (read) event
+    app.state.audit.flush()
+    tag = world["tag"]
+    own = _token(web, app, "primage/audit.read", f"A{tag}")
+    other = _token(web, app, "primage/audit.read", f"B{tag}")
+    query = f"AuditEvent?entity=Patient/{world['pa']}&subtype=read"
+    mine = web.get(f"/fhir/{query}", headers=own).json().get("entry", [])
+    assert mine and all(
+        {"system": SITE_TAG, "code": f"A{tag}"} in e["resource"]["meta"]["tag"] for e in mine
+    )
+    assert web.get(f"/fhir/{query}", headers=other).json().get("entry", []) == []
+
+
+def test_a_paging_link_works_only_for_the_view_it_was_made_for(
+    web: TestClient, world: dict
+) -> None:
+    everything = web.get(
+        f"/fhir/Patient?family={world['family']}&_count=1", headers=world["researcher"]
+    ).json()
+    link = next(x["url"] for x in everything["link"] if x["relation"] == "next")
+    path = link.split("http://testserver")[-1]
+    assert web.get(path, headers=world["researcher"]).status_code == 200
+    assert web.get(path, headers=world["a"]).status_code == 400

@@ -18,6 +18,7 @@ from sqlalchemy import and_, not_, or_, select
 from sqlalchemy.orm import aliased
 
 from .. import summary
+from ..access import Forbidden
 from ..errors import InvalidRequest, Issue
 from ..models import is_resource_type
 from ..schema import INDEX_TABLES, resource, search_reference
@@ -80,10 +81,17 @@ class Unsupported(InvalidRequest):
 
 
 class SearchCompiler:
-    def __init__(self, registry: Registry, base: str, site: str | None = None) -> None:
+    def __init__(
+        self, registry: Registry, base: str, site: str | None = None, grant: Any = None
+    ) -> None:
         self.registry = registry
         self.base = base
         self.site = site  # chains and _has look only at resources this site may see
+        self.grant = grant  # ...and only into types the caller may search (None: any)
+
+    def _searchable(self, type_: str) -> None:
+        if self.grant is not None and not self.grant.allows(type_, "s"):
+            raise Forbidden(f"A chain or _has looks into {type_}, which the token cannot search")
 
     def _visible(self, res: Any) -> list[Any]:
         if self.site is None:
@@ -266,6 +274,8 @@ class SearchCompiler:
             raise InvalidRequest(
                 f"No target of {type_}.{code} has a search parameter {next_code[:64]!r}", (code,)
             )
+        for t in usable:
+            self._searchable(t)
         ref = aliased(search_reference)
         referenced = aliased(resource)
         per_type = [
@@ -295,6 +305,7 @@ class SearchCompiler:
         param = self.registry.get(source, code)
         if param is None or param.type != "reference":
             raise InvalidRequest(f"{source}.{code[:64]} is not a reference parameter", ("_has",))
+        self._searchable(source)
         ref = aliased(search_reference)
         referring = aliased(resource)
         target = aliased(resource)

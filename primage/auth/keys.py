@@ -57,7 +57,9 @@ class KeyRing:
     def verification_keys(self, kid: str | None = None) -> KeySet:
         """Keys that may have signed a live token; reloads once if `kid` is unknown."""
         keys = self._current()
-        if kid is not None and all(k.kid != kid for _, k in keys):
+        unknown = kid is not None and all(k.kid != kid for _, k in keys)
+        # a new key appears at most this often: random kids must not force database reads
+        if unknown and time.monotonic() - self._loaded > 5:
             keys = self._current(force=True)
         return KeySet([k for _, k in keys])
 

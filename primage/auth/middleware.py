@@ -33,6 +33,9 @@ class BearerAuth:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):  # route on the path the app's router will see
+            path = path[len(root) :]
         if (
             scope["type"] != "http"
             or scope["method"] == "OPTIONS"  # CORS preflight carries no credentials

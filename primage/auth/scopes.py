@@ -60,6 +60,27 @@ def grantable(requested: list[str], allowed: list[str]) -> list[str]:
     return out
 
 
+def narrowed(requested: list[str], allowed: list[str]) -> list[str]:
+    """Each requested scope cut down to what `allowed` permits (an external provider's
+    system/*.cruds under an allow-list of system/*.rs becomes system/*.rs)."""
+    allowed_scopes = [s for s in (parse(a) for a in allowed) if s is not None]
+    out: list[str] = []
+    for text in requested:
+        scope = None if "?" in text else parse(text)
+        if scope is None:
+            if text in allowed and text in EXTRA:
+                out.append(text)
+            continue
+        for limit in allowed_scopes:
+            if limit.type not in ("*", scope.type) and scope.type != "*":
+                continue
+            type_ = scope.type if limit.type == "*" else limit.type
+            letters = "".join(c for c in ORDER if c in scope.permissions & limit.permissions)
+            if letters and f"system/{type_}.{letters}" not in out:
+                out.append(f"system/{type_}.{letters}")
+    return out
+
+
 @dataclass(frozen=True)
 class Grant:
     """The scopes of one access token, as the FHIR layer's Access."""

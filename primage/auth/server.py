@@ -178,11 +178,14 @@ class AuthServer:
         return JSONResponse(body, headers=NO_STORE)
 
     def introspect(self, request: Request, form: Mapping[str, str]) -> JSONResponse:
+        """RFC 7662 for a client's own tokens (another client's look inactive)."""
         issuer = self.issuer_for(request)
-        self.authenticate(request, form, issuer)
+        client = self.authenticate(request, form, issuer)
         try:
             principal = self.tokens.validate(form.get("token", ""), issuer)
         except InvalidToken:
+            return JSONResponse({"active": False}, headers=NO_STORE)
+        if principal.client_id != client.client_id:
             return JSONResponse({"active": False}, headers=NO_STORE)
         body = {
             "active": True,

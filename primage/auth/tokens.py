@@ -32,7 +32,7 @@ from fhir_server.repository import Repository
 from .clients import Client
 from .keys import ALGORITHM, KeyRing
 from .schema import oauth_assertion, oauth_revoked
-from .scopes import Grant
+from .scopes import Grant, narrowed
 
 ASSERTION_ALGORITHMS = ("RS384", "ES384")  # SMART Backend Services
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -77,6 +77,8 @@ class ExternalIssuer:
     audience: str
     site_claim: str = "site"
     scope_claim: str = "scope"
+    allowed_scopes: tuple[str, ...] = ("system/*.rs",)  # the most its tokens can grant
+    require_site: bool = True  # a token without the site claim would see every site
     algorithms: tuple[str, ...] = ("RS256", "RS384", "ES256", "ES384")
 
     def principal(self, token: str) -> Principal:
@@ -94,11 +96,18 @@ class ExternalIssuer:
         except (JoseError, ValueError, TypeError) as exc:
             raise InvalidToken(f"The access token is not valid ({type(exc).__name__})") from exc
         claims = decoded.claims
-        scopes = claims.get(self.scope_claim, "")
+        raw = claims.get(self.scope_claim, "")
+        requested = raw.split() if isinstance(raw, str) else [str(s) for s in raw]
         site = claims.get(self.site_claim)
+        if site is None and self.require_site:
+            raise InvalidToken(f"The token has no {self.site_claim} claim")
+        try:
+            scopes = narrowed(requested, list(self.allowed_scopes))
+        except ValueError as exc:
+            raise InvalidToken("The token's scopes are malformed") from exc
         return Principal(
             client_id=str(claims.get("azp") or claims.get("client_id") or claims["sub"]),
-            scopes=tuple(scopes.split() if isinstance(scopes, str) else map(str, scopes)),
+            scopes=tuple(scopes),
             site=str(site) if site is not None else None,
             jti=str(claims.get("jti") or f"{self.issuer}#{claims['sub']}#{claims['exp']}"),
             expires=int(claims["exp"]),
@@ -116,19 +125,21 @@ def _issuer_of(token: str) -> str | None:
 
 
 class Revocations:
-    """Revoked jtis, shared through the database; each worker re-reads what is new at most
-    once a second, so a revocation takes effect everywhere within about a second."""
+    """Revoked jtis, shared through the database. Each worker re-reads the live ones (not yet
+    expired: a handful, since tokens live minutes) at most once a second, so a revocation
+    takes effect everywhere within about a second, whatever the hosts' clocks say."""
 
     def __init__(self, read: Session, write: Session, interval: float = 1.0) -> None:
         self._read, self._write = read, write
         self._interval = interval
-        self._seen: set[str] = set()
-        self._since = datetime.fromtimestamp(0, UTC)
+        self._live: frozenset[str] = frozenset()
         self._checked = 0.0
         self._lock = threading.Lock()
 
     def revoke(self, jti: str, expires: int) -> None:
+        now = datetime.now(UTC)
         with self._write() as repo:
+            repo.conn.execute(delete(oauth_revoked).where(oauth_revoked.c.expires < now))
             found = repo.conn.execute(
                 select(oauth_revoked.c.jti).where(oauth_revoked.c.jti == jti)
             ).first()
@@ -136,8 +147,8 @@ class Revocations:
                 repo.conn.execute(
                     insert(oauth_revoked).values(
                         jti=jti,
-                        revoked=datetime.now(UTC),
-                        expires=datetime.fromtimestamp(expires, UTC),
+                        revoked=now,
+                        expires=datetime.fromtimestamp(expires + LEEWAY, UTC),
                     )
                 )
         self._checked = 0.0
@@ -145,21 +156,18 @@ class Revocations:
     def is_revoked(self, jti: str) -> bool:
         if time.monotonic() - self._checked > self._interval:
             self._refresh()
-        return jti in self._seen
+        return jti in self._live
 
     def _refresh(self) -> None:
         with self._lock:
             with self._read() as repo:
-                rows = repo.conn.execute(
-                    select(oauth_revoked.c.jti, oauth_revoked.c.revoked).where(
-                        oauth_revoked.c.revoked >= self._since - timedelta(seconds=5)
+                live = repo.conn.execute(
+                    select(oauth_revoked.c.jti).where(
+                        oauth_revoked.c.expires >= datetime.now(UTC) - timedelta(seconds=60)
                     )
-                ).all()
-            self._seen.update(jti for jti, _ in rows)
-            self._since = max([self._since, *(r for _, r in rows)])
+                ).scalars()
+                self._live = frozenset(live)
             self._checked = time.monotonic()
-            if len(self._seen) > 100_000:  # expired entries are harmless; keep memory bounded
-                self._seen = {jti for jti, _ in rows}
 
 
 class Tokens:
@@ -174,7 +182,7 @@ class Tokens:
         self.revocations = revocations
         self._write = write
         self.lifetime = lifetime
-        self._valid: dict[str, Principal] = {}  # token -> principal, for tokens seen before
+        self._valid: dict[tuple[str, str], Principal] = {}  # (issuer, token) -> principal
         self.external: ExternalIssuer | None = None
 
     def issue(self, client: Client, scopes: list[str], issuer: str) -> tuple[str, int]:
@@ -197,12 +205,12 @@ class Tokens:
 
     def validate(self, token: str, issuer: str) -> Principal:
         """The principal of a valid token for this issuer; InvalidToken otherwise."""
-        known = self._valid.get(token)
+        known = self._valid.get((issuer, token))
         if known is None:
             known = self._decode(token, issuer)
             if len(self._valid) > 10_000:
                 self._valid.clear()
-            self._valid[token] = known
+            self._valid[(issuer, token)] = known
         if known.expires + LEEWAY < time.time():
             raise InvalidToken("The access token has expired")
         if self.revocations.is_revoked(known.jti):
