@@ -37,12 +37,14 @@ class FhirService:
         read: Callable[[], AbstractContextManager[Repository]],
         write: Callable[[], AbstractContextManager[Repository]],
         audit: audit_events.Sink | None = None,
+        before_audit_read: Callable[[], object] | None = None,
     ) -> None:
         self.interactions = interactions
         self.bundles = Bundles(interactions, write)
         self._read = read
         self._write = write
         self.audit = audit
+        self.before_audit_read = before_audit_read  # stored-but-unindexed events first
         if audit is not None:
             self.bundles.audit = self._audit_transaction
             self.bundles.audit_entry = self._audit
@@ -70,6 +72,8 @@ class FhirService:
         try:
             where = route(req.method, req.path)
             interaction = where.interaction
+            if self.before_audit_read is not None and _reads_audit(req, where):
+                self.before_audit_read()
             if interaction == "batch/transaction":
                 response = self.bundles.process(req)
                 if response.is_error:  # a batch's entries and a transaction audit themselves
@@ -132,6 +136,16 @@ class FhirService:
         if self.audit is not None and req.actor is not None:
             event = audit_events.fhir_event(req.actor, "transaction", 200, references=written)
             self.audit(repo, event)
+
+
+def _reads_audit(req: Request, where: Route) -> bool:
+    """Could this request return AuditEvents (by type, _type, or all types at once)?"""
+    if where.type is not None:
+        return where.type == "AuditEvent" and where.interaction in READ_ONLY
+    if where.interaction in ("search-system", "history-system"):
+        named = [t for k, v in req.params if k == "_type" for t in v.split(",")]
+        return not named or "AuditEvent" in named or any(k == "_page" for k, _ in req.params)
+    return where.interaction == "batch/transaction"
 
 
 def _bundle_type(req: Request) -> str:

@@ -55,8 +55,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             capability=lambda base: capability_statement(base, registry, max_body_bytes=max_body),
         ),
     )
-    trail = AuditTrail(database.write) if settings.auth_enabled else None
-    service = FhirService(interactions, database.read, database.write, audit=trail)
+    trail = (
+        AuditTrail(database.write, sweep=settings.audit_index_interval)
+        if settings.auth_enabled
+        else None
+    )
+    service = FhirService(
+        interactions,
+        database.read,
+        database.write,
+        audit=trail,
+        before_audit_read=trail.materialize if trail is not None else None,
+    )
     archive = Archive(
         database.read,
         database.write,

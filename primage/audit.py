@@ -1,8 +1,12 @@
-"""The audit trail's writer: AuditEvents commit with the write they describe, or (reads,
-failures) go through a queue that a background thread writes in batches.
+"""The audit trail's writer.
 
-Queued events are written within about `interval` seconds; a crash loses at most those
-not yet written (the write path's events are never queued). `flush()` writes them now.
+A write's AuditEvent commits with the write it describes. Every other event (reads,
+searches, refusals) is queued in memory, stored every `interval` seconds as a plain row in
+`audit_staging` (one cheap insert per batch), and turned into an indexed AuditEvent
+resource later: before any request that reads AuditEvents, and by a sweep every
+`sweep` seconds. Indexing an AuditEvent costs about 0.15 ms of CPU; done per request it
+added 10-20 % to read latency, done in batches off the request path it costs the same
+CPU but not the latency. A crash loses at most the events queued in the last `interval`.
 """
 
 from __future__ import annotations
@@ -10,15 +14,26 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
+import orjson
+from sqlalchemy import delete, insert, select
+
 from fhir_server.audit import SITE_EXTENSION
 from fhir_server.repository import Repository
 
+from .auth.schema import audit_staging
+
 log = logging.getLogger("primage.audit")
+
+# Events of callers without a site (researchers, administrators) are not platform data
+# that every site may read: they belong to this reserved site, which only site-less
+# auditors see.
+UNSITED = "_platform"
 
 
 class AuditTrail:
@@ -26,10 +41,12 @@ class AuditTrail:
         self,
         write: Callable[[], AbstractContextManager[Repository]],
         interval: float = 0.25,
-        batch: int = 500,
+        sweep: float = 10.0,
+        batch: int = 2000,
     ) -> None:
         self._write = write
         self._interval = interval
+        self._sweep = sweep
         self._batch = batch
         self._queue: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
         self._stop = threading.Event()
@@ -48,7 +65,7 @@ class AuditTrail:
             self._queue.put(event)
 
     def flush(self) -> int:
-        """Write every queued event now; returns how many."""
+        """Store every queued event in the staging table now; returns how many."""
         written = 0
         with self._lock:
             while True:
@@ -60,20 +77,41 @@ class AuditTrail:
                         break
                 if not events:
                     return written
-                by_site: dict[str, list[dict[str, Any]]] = {}
-                for e in events:
-                    by_site.setdefault(_site(e), []).append(e)
+                rows = [{"site": _site(e), "event": orjson.dumps(e)} for e in events]
                 try:
                     with self._write() as repo:
-                        for site, group in by_site.items():  # an event belongs to its site
-                            repo.site = site
-                            repo.create_many([(e, str(uuid.uuid4())) for e in group])
+                        repo.conn.execute(insert(audit_staging), rows)
                     written += len(events)
                 except Exception:
-                    log.exception("audit events could not be written; retrying")
+                    log.exception("audit events could not be staged; retrying")
                     for e in events:
                         self._queue.put(e)
                     return written
+
+    def materialize(self) -> int:
+        """Turn staged events into AuditEvent resources (queued ones first); returns how many.
+
+        Called before anything reads AuditEvents, so a search never misses a staged one."""
+        self.flush()
+        done = 0
+        while True:
+            with self._write() as repo:
+                query = select(audit_staging).order_by(audit_staging.c.pk).limit(self._batch)
+                if repo.conn.dialect.name == "postgresql":  # two workers: each takes its own
+                    query = query.with_for_update(skip_locked=True)
+                rows = repo.conn.execute(query).all()
+                if not rows:
+                    return done
+                by_site: dict[str, list[dict[str, Any]]] = {}
+                for row in rows:
+                    by_site.setdefault(row.site, []).append(orjson.loads(row.event))
+                for site, events in by_site.items():
+                    repo.site = site
+                    repo.create_many([(e, str(uuid.uuid4())) for e in events])
+                repo.conn.execute(
+                    delete(audit_staging).where(audit_staging.c.pk.in_([r.pk for r in rows]))
+                )
+                done += len(rows)
 
     def close(self) -> None:
         self._stop.set()
@@ -81,14 +119,15 @@ class AuditTrail:
         self.flush()
 
     def _run(self) -> None:
+        swept = time.monotonic()
         while not self._stop.wait(self._interval):
-            self.flush()
-
-
-# Events of callers without a site (researchers, administrators) are not platform data
-# that every site may read: they belong to this reserved site, which only site-less
-# auditors see.
-UNSITED = "_platform"
+            try:
+                self.flush()
+                if time.monotonic() - swept >= self._sweep:
+                    swept = time.monotonic()
+                    self.materialize()
+            except Exception:
+                log.exception("audit writer")
 
 
 def _site(event: dict[str, Any]) -> str:

@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     oidc_scope_claim: str = "scope"
     oidc_allowed_scopes: list[str] = ["system/*.rs"]  # the most its tokens may grant
     oidc_require_site: bool = True  # refuse its tokens without the site claim
+    # Queued AuditEvents are staged cheaply and indexed in batches this often (and before
+    # any AuditEvent read).
+    audit_index_interval: float = 10.0
 
     def database(self) -> str:
         if self.database_url is not None:

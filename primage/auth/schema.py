@@ -12,6 +12,14 @@ from sqlalchemy import Boolean, Column, Index, LargeBinary, String, Table, Text
 
 from fhir_server.schema import PK, UtcDateTime, metadata
 
+audit_staging = Table(
+    "audit_staging",
+    metadata,
+    Column("pk", PK, primary_key=True, autoincrement=True),
+    Column("site", String(64), nullable=False),
+    Column("event", LargeBinary, nullable=False),  # the AuditEvent JSON
+)
+
 oauth_client = Table(
     "oauth_client",
     metadata,
