@@ -787,3 +787,15 @@ def test_batch_entries_are_audited_in_their_own_transactions(
     deleted = [e for e in events if e["subtype"][0]["code"] == "delete"]
     assert deleted and deleted[0]["entity"][0]["what"]["reference"] == f"Patient/{made['id']}"
     assert any(e["subtype"][0]["code"] == "read" and e["outcome"] == "4" for e in events)
+
+
+def test_staged_audit_events_are_indexed_before_anyone_reads_them(
+    web: TestClient, auth_app: FastAPI
+) -> None:
+    client_id, secret = register(auth_app, "system/Patient.rs")
+    form = {"grant_type": "client_credentials", "scope": "system/Patient.rs"}
+    token = web.post("/oauth/token", data=form, auth=(client_id, secret)).json()["access_token"]
+    web.get("/fhir/Patient?gender=other", headers=bearer(token))  # queued, not yet indexed
+    auditor = token_for(web, auth_app, "primage/audit.read")
+    found = web.get(f"/fhir/AuditEvent?altid={client_id}", headers=bearer(auditor)).json()
+    assert [e["resource"]["subtype"][0]["code"] for e in found.get("entry", [])] == ["search-type"]
