@@ -165,7 +165,14 @@ def test_token_errors(
 
 def test_a_disabled_client_gets_no_token(web: TestClient, auth_app: FastAPI) -> None:
     client_id, secret = register(auth_app, "system/*.rs")
+    live = web.post(
+        "/oauth/token",
+        data={"grant_type": "client_credentials", "scope": "system/*.rs"},
+        auth=(client_id, secret),
+    ).json()["access_token"]
     auth_app.state.auth.clients.disable(client_id)
+    auth_app.state.auth.tokens.revocations.refresh()  # as every worker does each second
+    assert web.get("/fhir/Patient", headers=bearer(live)).status_code == 401
     r = web.post(
         "/oauth/token",
         data={"grant_type": "client_credentials", "scope": "system/*.rs"},

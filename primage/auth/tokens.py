@@ -31,7 +31,7 @@ from fhir_server.repository import Repository
 
 from .clients import Client
 from .keys import ALGORITHM, KeyRing
-from .schema import oauth_assertion, oauth_revoked
+from .schema import oauth_assertion, oauth_client, oauth_revoked
 from .scopes import Grant, narrowed
 
 ASSERTION_ALGORITHMS = ("RS384", "ES384")  # SMART Backend Services
@@ -133,6 +133,7 @@ class Revocations:
         self._read, self._write = read, write
         self._interval = interval
         self._live: frozenset[str] = frozenset()
+        self._disabled: frozenset[str] = frozenset()  # clients whose tokens stop working
         self._checked = 0.0
         self._lock = threading.Lock()
 
@@ -153,12 +154,13 @@ class Revocations:
                 )
         self._checked = 0.0
 
-    def is_revoked(self, jti: str) -> bool:
+    def is_revoked(self, jti: str, client_id: str | None = None) -> bool:
         if time.monotonic() - self._checked > self._interval:
-            self._refresh()
-        return jti in self._live
+            self.refresh()
+        return jti in self._live or client_id in self._disabled
 
-    def _refresh(self) -> None:
+    def refresh(self) -> None:
+        """Re-read the live revocations and disabled clients (done at most once a second)."""
         with self._lock:
             with self._read() as repo:
                 live = repo.conn.execute(
@@ -167,6 +169,10 @@ class Revocations:
                     )
                 ).scalars()
                 self._live = frozenset(live)
+                disabled = repo.conn.execute(
+                    select(oauth_client.c.client_id).where(oauth_client.c.disabled.is_(True))
+                ).scalars()
+                self._disabled = frozenset(disabled)
             self._checked = time.monotonic()
 
 
@@ -213,8 +219,8 @@ class Tokens:
             self._valid[(issuer, token)] = known
         if known.expires + LEEWAY < time.time():
             raise InvalidToken("The access token has expired")
-        if self.revocations.is_revoked(known.jti):
-            raise InvalidToken("The access token was revoked")
+        if self.revocations.is_revoked(known.jti, known.client_id):
+            raise InvalidToken("The access token was revoked (or its client disabled)")
         return known
 
     def _decode(self, token: str, issuer: str) -> Principal:
