@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import Connection, delete, func, insert, select, update
 
 from . import jsonio
 from .bulk import insert_all
@@ -30,6 +30,9 @@ class Progress:
     total: int
 
 
+Step = Callable[[Connection, int], "tuple[int, int] | None"]
+
+
 def reindex(
     write: Callable[[], AbstractContextManager[Repository]],
     indexer: Indexer,
@@ -40,55 +43,68 @@ def reindex(
 ) -> Iterator[Progress]:
     """Yields progress after each committed batch; resumes an unfinished identical job."""
     spec = json.dumps({"types": sorted(types), "params": sorted(params)}, sort_keys=True)
-    job_pk, position, done, total = _start(write, spec, types)
+    count = select(func.count()).select_from(resource).where(resource.c.deleted.is_(False))
+    if types:
+        count = count.where(resource.c.type.in_(types))
+
+    def step(conn: Connection, position: int) -> tuple[int, int] | None:
+        query = (
+            select(resource.c.pk, resource_version.c.content)
+            .select_from(with_current(resource))
+            .where(resource.c.pk > position, resource.c.deleted.is_(False))
+            .order_by(resource.c.pk)
+            .limit(batch)
+        )
+        if types:
+            query = query.where(resource.c.type.in_(types))
+        rows = conn.execute(query).all()
+        if not rows:
+            return None
+        pks = [row[0] for row in rows]
+        for table in INDEX_TABLES.values():
+            clear = delete(table).where(table.c.resource_pk.in_(pks))
+            if params:
+                clear = clear.where(table.c.param.in_(params))
+            conn.execute(clear)
+        batches: dict[str, list[dict[str, Any]]] = {}
+        for pk, content in rows:
+            for kind, index_rows in indexer.rows(jsonio.loads(content)).items():
+                batches.setdefault(kind, []).extend(
+                    {"resource_pk": pk, **r}
+                    for r in index_rows
+                    if not params or r["param"] in params
+                )
+        insert_all(conn, [(INDEX_TABLES[k], r) for k, r in batches.items()])
+        return pks[-1], len(rows)
+
+    return run_job(write, "reindex", spec, count, step)
+
+
+def run_job(
+    write: Callable[[], AbstractContextManager[Repository]],
+    kind: str,
+    spec: str,
+    count: Any,
+    step: Step,
+) -> Iterator[Progress]:
+    """Runs (or resumes) a job in batches: `step(conn, position)` does the batch after
+    `position` and returns (its last pk, how many it did), or None when none is left; its
+    work and the job's checkpoint commit together."""
+    job_pk, position, done, total = start_job(write, kind, spec, count)
     yield Progress(done, total)
     while True:
         with write() as repo:
-            conn = repo.conn
-            query = (
-                select(resource.c.pk, resource_version.c.content)
-                .select_from(with_current(resource))
-                .where(resource.c.pk > position, resource.c.deleted.is_(False))
-                .order_by(resource.c.pk)
-                .limit(batch)
-            )
-            if types:
-                query = query.where(resource.c.type.in_(types))
-            rows = conn.execute(query).all()
-            if not rows:
-                conn.execute(update(job).where(job.c.pk == job_pk).values(status="done"))
+            result = step(repo.conn, position)
+            if result is None:
+                repo.conn.execute(update(job).where(job.c.pk == job_pk).values(status="done"))
                 return
-            pks = [row[0] for row in rows]
-            for table in INDEX_TABLES.values():
-                clear = delete(table).where(table.c.resource_pk.in_(pks))
-                if params:
-                    clear = clear.where(table.c.param.in_(params))
-                conn.execute(clear)
-            batches: dict[str, list[dict[str, Any]]] = {}
-            for pk, content in rows:
-                for kind, index_rows in indexer.rows(jsonio.loads(content)).items():
-                    batches.setdefault(kind, []).extend(
-                        {"resource_pk": pk, **r}
-                        for r in index_rows
-                        if not params or r["param"] in params
-                    )
-            insert_all(conn, [(INDEX_TABLES[k], r) for k, r in batches.items()])
-            position, done = pks[-1], done + len(rows)
-            conn.execute(
+            position, done = result[0], done + result[1]
+            repo.conn.execute(
                 update(job)
                 .where(job.c.pk == job_pk)
                 .values(position=position, done=done, updated=datetime.now(UTC))
             )
         yield Progress(done, total)
-
-
-def _start(
-    write: Callable[[], AbstractContextManager[Repository]], spec: str, types: tuple[str, ...]
-) -> tuple[int, int, int, int]:
-    count = select(func.count()).select_from(resource).where(resource.c.deleted.is_(False))
-    if types:
-        count = count.where(resource.c.type.in_(types))
-    return start_job(write, "reindex", spec, count)
 
 
 def start_job(

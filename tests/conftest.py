@@ -93,6 +93,21 @@ def client(app: FastAPI) -> Iterator[TestClient]:
         yield test_client
 
 
+@pytest.fixture(scope="session")
+def auth_app(settings: Settings) -> Iterator[FastAPI]:
+    """The app with OAuth2, scopes, sites and audit on (the API suites run without)."""
+    application = create_app(settings.model_copy(update={"auth_enabled": True}))
+    yield application
+    application.state.database.engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def web(auth_app: FastAPI) -> Iterator[TestClient]:
+    """A client of `auth_app`; each request carries the token a test gives it."""
+    with TestClient(auth_app, base_url="http://testserver") as test_client:
+        yield test_client
+
+
 @pytest.fixture
 def backend(database_url: str) -> str:
     return make_url(database_url).get_backend_name()

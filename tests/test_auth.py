@@ -27,7 +27,6 @@ from joserfc.jwk import ECKey, OctKey, RSAKey
 from sqlalchemy import select
 from starlette.testclient import TestClient
 
-from primage.app import create_app
 from primage.auth.schema import oauth_client
 from primage.auth.server import RateLimit
 from primage.cli import main
@@ -37,19 +36,6 @@ from tests import dicom_data as data
 BASE = "http://testserver"
 TOKEN_URL = f"{BASE}/oauth/token"
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-
-
-@pytest.fixture(scope="module")
-def auth_app(settings: Settings) -> Iterator[FastAPI]:
-    app = create_app(settings.model_copy(update={"auth_enabled": True}))
-    yield app
-    app.state.database.engine.dispose()
-
-
-@pytest.fixture(scope="module")
-def web(auth_app: FastAPI) -> Iterator[TestClient]:
-    with TestClient(auth_app, base_url=BASE) as client:
-        yield client
 
 
 def register(app: FastAPI, scope: str, **kwargs: Any) -> tuple[str, str | None]:

@@ -59,6 +59,13 @@ def stored(web: DICOMwebClient) -> dict[str, object]:
     }
 
 
+def _stow(live_server: str, body: bytes) -> httpx.Response:
+    """A raw STOW-RS request (for bodies dicomweb-client would not send)."""
+    return httpx.post(
+        f"{live_server}/dicomweb/studies", content=body, headers={"Content-Type": data.stow_type()}
+    )
+
+
 def _uids(found: list[dict]) -> set[str]:
     return {d["00080018"]["Value"][0] for d in found}
 
@@ -92,9 +99,7 @@ def test_bad_parts_are_refused_one_by_one_and_the_rest_stored(live_server: str) 
     good = data.study(ct=1, mr=0)[0]
     truncated = data.part10(data.study(ct=1, mr=0)[0])[:-100]
     body = data.multipart([b"this is not DICOM", data.part10(good), truncated])
-    r = httpx.post(
-        f"{live_server}/dicomweb/studies", content=body, headers={"Content-Type": data.stow_type()}
-    )
+    r = _stow(live_server, body)
     assert r.status_code == 202
     result = Dataset.from_json(r.json())
     assert [i.ReferencedSOPInstanceUID for i in result.ReferencedSOPSequence] == [
@@ -110,9 +115,7 @@ def test_bad_parts_are_refused_one_by_one_and_the_rest_stored(live_server: str) 
 
 def test_a_request_with_nothing_storable_is_409(live_server: str) -> None:
     body = data.multipart([b"nope", b"DICM" * 10])
-    r = httpx.post(
-        f"{live_server}/dicomweb/studies", content=body, headers={"Content-Type": data.stow_type()}
-    )
+    r = _stow(live_server, body)
     assert r.status_code == 409
     assert [i.FailureReason for i in Dataset.from_json(r.json()).FailedSOPSequence] == [
         0xC000,
@@ -163,11 +166,7 @@ def test_other_bytes_under_a_stored_uid_are_refused_by_default(
     ds = data.study(ct=1, mr=0)[0]
     web.store_instances([ds])
     ds.SeriesDescription = "changed"
-    r = httpx.post(
-        f"{live_server}/dicomweb/studies",
-        content=data.multipart([data.part10(ds)]),
-        headers={"Content-Type": data.stow_type()},
-    )
+    r = _stow(live_server, data.multipart([data.part10(ds)]))
     assert r.status_code == 409
     assert Dataset.from_json(r.json()).FailedSOPSequence[0].FailureReason == 0x0111
     assert "different content" in r.headers["Warning"]
@@ -202,11 +201,7 @@ def _blob_files(app) -> set[str]:
 def test_refused_parts_leave_no_blob_behind(app, live_server: str) -> None:
     before = _blob_files(app)
     truncated = data.part10(data.study(ct=1, mr=0)[0])[:-10]
-    httpx.post(
-        f"{live_server}/dicomweb/studies",
-        content=data.multipart([truncated, b"junk"]),
-        headers={"Content-Type": data.stow_type()},
-    )
+    _stow(live_server, data.multipart([truncated, b"junk"]))
     assert _blob_files(app) == before
     assert not list((app.state.settings.blob_path() / "tmp").iterdir())
 
@@ -653,9 +648,7 @@ def test_a_body_cut_short_keeps_the_whole_parts_and_says_where_it_broke(
     datasets = data.study(ct=2, mr=1)
     payload = data.multipart([data.part10(ds) for ds in datasets])
     cut = payload[: payload.rindex(b"--primage-test-boundary\r\n") + 200]  # inside part 3
-    r = httpx.post(
-        f"{live_server}/dicomweb/studies", content=cut, headers={"Content-Type": data.stow_type()}
-    )
+    r = _stow(live_server, cut)
     assert r.status_code == 202
     result = Dataset.from_json(r.json())
     assert len(result.ReferencedSOPSequence) == 2
@@ -696,11 +689,7 @@ def test_big_endian_instances_transcode_to_little_endian(web: DICOMwebClient) ->
 def test_an_unknown_transfer_syntax_is_refused(live_server: str) -> None:
     ds = data.study(ct=1, mr=0)[0]
     raw = data.part10(ds).replace(b"1.2.840.10008.1.2.1\x00", b"1.2.3.4.5.6.7.8.9.10")
-    r = httpx.post(
-        f"{live_server}/dicomweb/studies",
-        content=data.multipart([raw]),
-        headers={"Content-Type": data.stow_type()},
-    )
+    r = _stow(live_server, data.multipart([raw]))
     assert r.status_code == 409
     assert Dataset.from_json(r.json()).FailedSOPSequence[0].FailureReason == 0xC122
 

@@ -4,7 +4,6 @@ platform's), through every side door; a researcher without a site reads everythi
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -21,16 +20,8 @@ SITE_TAG = "https://primage.eu/fhir/CodeSystem/site"
 
 
 @pytest.fixture(scope="module")
-def app(settings: Settings) -> Iterator[FastAPI]:
-    application = create_app(settings.model_copy(update={"auth_enabled": True}))
-    yield application
-    application.state.database.engine.dispose()
-
-
-@pytest.fixture(scope="module")
-def web(app: FastAPI) -> Iterator[TestClient]:
-    with TestClient(app, base_url="http://testserver") as client:
-        yield client
+def app(auth_app: FastAPI) -> FastAPI:
+    return auth_app
 
 
 def _token(web: TestClient, app: FastAPI, scope: str, site: str | None) -> dict[str, str]:

@@ -82,19 +82,16 @@ class ExternalIssuer:
     algorithms: tuple[str, ...] = ("RS256", "RS384", "ES256", "ES384")
 
     def principal(self, token: str) -> Principal:
-        try:
-            decoded = jwt.decode(
-                token, KeySet.import_key_set(self.jwks), algorithms=list(self.algorithms)
-            )
-            JWTClaimsRegistry(
-                leeway=LEEWAY,
-                iss={"essential": True, "value": self.issuer},
-                aud={"essential": True, "value": self.audience},
-                exp={"essential": True},
-                sub={"essential": True},
-            ).validate(decoded.claims)
-        except (JoseError, ValueError, TypeError) as exc:
-            raise InvalidToken(f"The access token is not valid ({type(exc).__name__})") from exc
+        decoded = verified(
+            token,
+            KeySet.import_key_set(self.jwks),  # type: ignore[arg-type]
+            self.algorithms,
+            InvalidToken("The access token is not valid"),
+            iss=self.issuer,
+            aud=self.audience,
+            exp=None,
+            sub=None,
+        )
         claims = decoded.claims
         raw = claims.get(self.scope_claim, "")
         requested = raw.split() if isinstance(raw, str) else [str(s) for s in raw]
@@ -112,6 +109,28 @@ class ExternalIssuer:
             jti=str(claims.get("jti") or f"{self.issuer}#{claims['sub']}#{claims['exp']}"),
             expires=int(claims["exp"]),
         )
+
+
+def verified(
+    token: str,
+    keys: Any,
+    algorithms: tuple[str, ...],
+    error: Exception,
+    **claims: str | None,
+) -> Any:
+    """A JWT whose signature (by `keys`, with one of `algorithms`) and essential claims
+    check out: each of `claims` must be present and, unless None, equal that value.
+    Anything wrong raises `error`, with the kind of fault appended."""
+    options = {
+        name: {"essential": True, **({"value": value} if value is not None else {})}
+        for name, value in claims.items()
+    }
+    try:
+        decoded = jwt.decode(token, keys, algorithms=list(algorithms))
+        JWTClaimsRegistry(leeway=LEEWAY, **options).validate(decoded.claims)
+    except (JoseError, ValueError, TypeError) as exc:
+        raise type(error)(f"{error} ({type(exc).__name__})") from exc
+    return decoded
 
 
 def _issuer_of(token: str) -> str | None:
@@ -226,22 +245,17 @@ class Tokens:
     def _decode(self, token: str, issuer: str) -> Principal:
         if self.external is not None and _issuer_of(token) == self.external.issuer:
             return self.external.principal(token)
-        try:
-            decoded = jwt.decode(
-                token,
-                lambda obj: self.keys.verification_keys(obj.headers().get("kid")),
-                algorithms=[ALGORITHM],
-            )
-            JWTClaimsRegistry(
-                leeway=LEEWAY,
-                iss={"essential": True, "value": issuer},
-                aud={"essential": True, "value": issuer},
-                exp={"essential": True},
-                jti={"essential": True},
-                sub={"essential": True},
-            ).validate(decoded.claims)
-        except (JoseError, ValueError, TypeError) as exc:
-            raise InvalidToken(f"The access token is not valid ({type(exc).__name__})") from exc
+        decoded = verified(
+            token,
+            lambda obj: self.keys.verification_keys(obj.headers().get("kid")),
+            (ALGORITHM,),
+            InvalidToken("The access token is not valid"),
+            iss=issuer,
+            aud=issuer,
+            exp=None,
+            jti=None,
+            sub=None,
+        )
         claims = decoded.claims
         if decoded.header.get("typ") != "at+jwt":
             raise InvalidToken("Not an access token")
@@ -260,24 +274,18 @@ class Tokens:
         key_set = client.key_set()
         if key_set is None:
             raise InvalidClient("The client has no registered JWKS")
-        try:
-            decoded = jwt.decode(assertion, key_set, algorithms=list(ASSERTION_ALGORITHMS))
-        except (JoseError, ValueError, TypeError) as exc:
-            raise InvalidClient(
-                f"The client assertion is not valid ({type(exc).__name__})"
-            ) from exc
+        decoded = verified(
+            assertion,
+            key_set,
+            ASSERTION_ALGORITHMS,
+            InvalidClient("The client assertion is not valid"),
+            iss=client.client_id,
+            sub=client.client_id,
+            exp=None,
+            jti=None,
+        )
         claims = decoded.claims
         now = time.time()
-        try:
-            JWTClaimsRegistry(
-                leeway=LEEWAY,
-                iss={"essential": True, "value": client.client_id},
-                sub={"essential": True, "value": client.client_id},
-                exp={"essential": True},
-                jti={"essential": True},
-            ).validate(claims)
-        except JoseError as exc:
-            raise InvalidClient(f"The client assertion's claims are wrong ({exc.error})") from exc
         aud = claims.get("aud")
         if not (set(aud) if isinstance(aud, list) else {aud}) & audiences:
             raise InvalidClient("The client assertion's aud is not this token endpoint")
