@@ -754,3 +754,12 @@ def test_replace_into_another_study_updates_both(
     old = client.get(f"/fhir/ImagingStudy/{first[0].StudyInstanceUID}").json()
     new = client.get(f"/fhir/ImagingStudy/{other.StudyInstanceUID}").json()
     assert old["numberOfInstances"] == 1 and new["numberOfInstances"] == 2
+
+
+def test_a_body_over_the_limit_is_413(
+    app, live_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(app.state.archive, "max_body_bytes", 10_000)
+    big = data.image(generate_uid(), generate_uid(), 1, size=128)  # 32 kB of pixels
+    r = _stow(live_server, data.multipart([data.part10(big)]))
+    assert r.status_code == 413 and "larger than" in r.headers["Warning"]

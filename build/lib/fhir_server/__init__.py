@@ -1,0 +1,1 @@
+"""FHIR R4B REST server: interactions, bundles, storage and the CapabilityStatement."""

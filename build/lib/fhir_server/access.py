@@ -1,0 +1,59 @@
+"""Who may do what: the FHIR layer's view of an authorised caller.
+
+The FHIR layer knows interactions and resource types, not tokens: the HTTP layer puts an
+`Access` on each Request, and `Interactions.run` asks it before running anything (so a
+Bundle entry is checked exactly like the same request on its own). No Access means the
+server runs without authorisation (tests, a trusted local deployment).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from .errors import FhirError
+
+# SMART v2 permission letters per interaction (create, read, update, delete, search); all
+# of an interaction's letters are needed: a patch answers with the whole resource (r), a
+# conditional interaction searches (s).
+PERMISSION = {
+    "read": "r",
+    "vread": "r",
+    "history-instance": "r",
+    "search-type": "s",
+    "history-type": "s",
+    "search-system": "s",
+    "history-system": "s",
+    "create": "c",
+    "update": "u",
+    "patch": "ur",
+    "delete": "d",
+    "conditional-update": "us",
+    "conditional-patch": "urs",
+    "conditional-delete": "ds",
+}
+PUBLIC = {"capabilities", "batch/transaction"}  # a Bundle's entries are checked one by one
+
+
+class Forbidden(FhirError):
+    status = 403
+    code = "forbidden"
+
+
+class Access(Protocol):
+    def allows(self, resource_type: str, permission: str) -> bool:
+        """May the caller use `permission` (one of c r u d s) on `resource_type`?
+        "*" as the type asks about every type at once (system-level interactions)."""
+        ...
+
+
+def check(access: Access | None, interaction: str, types: list[str] | None) -> None:
+    """Raise Forbidden unless `access` permits `interaction` on every one of `types`
+    (None: the interaction spans all types)."""
+    if access is None or interaction in PUBLIC:
+        return
+    letters = PERMISSION.get(interaction)
+    if letters is None:
+        raise Forbidden(f"No scope grants {interaction}")
+    for type_ in types or ["*"]:
+        if not all(access.allows(type_, letter) for letter in letters):
+            raise Forbidden(f"The token's scopes do not allow {interaction} on {type_}")

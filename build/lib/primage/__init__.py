@@ -1,0 +1,1 @@
+"""primage: composition root (settings, app factory, CLI)."""

@@ -1,0 +1,284 @@
+"""`primage` command line: serve, db upgrade, demo load."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+import uvicorn
+from sqlalchemy.engine import make_url
+
+from fhir_server.reindex import Progress
+
+from . import db
+from .auth.clients import Clients
+from .settings import Settings
+
+
+@click.group()
+def main() -> None:
+    """primage: FHIR R4B / DICOMweb server for paediatric-oncology imaging research."""
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--workers", default=1, show_default=True, type=int)
+@click.option("--demo/--no-demo", default=None, help="Load demo data into an empty store.")
+def serve(host: str, port: int, workers: int, demo: bool | None) -> None:
+    """Start the HTTP server (migrating the embedded SQLite database first)."""
+    settings = Settings()
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    url = settings.database()
+    if make_url(url).get_backend_name() == "sqlite":
+        db.upgrade(url)
+    if demo if demo is not None else settings.demo_data:
+        _load_demo(settings, f"http://{host}:{port}/dicomweb")
+    base = settings.base_url or f"http://{host}:{port}/fhir"
+    click.echo(f"primage FHIR R4B server: {base}")
+    click.echo(f"  capability statement: {base}/metadata")
+    click.echo(f"  patients:             {base}/Patient")
+    dicomweb = settings.dicomweb_base_url or f"http://{host}:{port}/dicomweb"
+    click.echo(f"primage DICOMweb:        {dicomweb}/studies  (STOW-RS, QIDO-RS, WADO-RS)")
+    click.echo(
+        f"  health / metrics:     http://{host}:{port}/healthz  http://{host}:{port}/metrics"
+    )
+    click.echo(f"  database:             {make_url(url).render_as_string(hide_password=True)}")
+    uvicorn.run(
+        "primage.app:create_app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=settings.log_level.lower(),
+    )
+
+
+@main.group(name="db")
+def db_group() -> None:
+    """Database schema."""
+
+
+@db_group.command()
+def upgrade() -> None:
+    """Apply all migrations to PRIMAGE_DATABASE_URL."""
+    settings = Settings()
+    db.upgrade(settings.database())
+    click.echo("database is at the latest schema")
+
+
+@main.group()
+def search() -> None:
+    """Search index."""
+
+
+@search.command("reindex")
+@click.option("--type", "types", multiple=True, help="Only these resource types.")
+@click.option("--param", "params", multiple=True, help="Only these parameter codes.")
+@click.option("--batch", default=500, show_default=True)
+def search_reindex(types: tuple[str, ...], params: tuple[str, ...], batch: int) -> None:
+    """Rebuild search-index rows (resumes an interrupted run with the same options)."""
+    from fhir_server.reindex import reindex
+
+    from .app import create_app
+
+    settings = Settings()
+    db.upgrade(settings.database())
+    app = create_app(settings)
+    steps = reindex(
+        app.state.database.write, app.state.indexer, types=types, params=params, batch=batch
+    )
+    last = _progress(steps, "reindexing")
+    app.state.database.engine.dispose()
+    click.echo(f"reindexed {last} resources")
+
+
+@main.group()
+def clients() -> None:
+    """OAuth2 clients (partners, tools, researchers)."""
+
+
+def _clients() -> tuple[object, Clients]:
+    from .app import create_app
+
+    settings = Settings()
+    db.upgrade(settings.database())
+    app = create_app(settings.model_copy(update={"auth_enabled": True}))
+    return app, app.state.auth.clients
+
+
+@clients.command("add")
+@click.argument("name")
+@click.option("--scope", required=True, help='e.g. "system/*.rs" or "system/Observation.cruds"')
+@click.option("--site", default=None, help="The site whose data the client may see and write.")
+@click.option("--jwks-file", type=click.Path(exists=True, dir_okay=False), default=None)
+def clients_add(name: str, scope: str, site: str | None, jwks_file: str | None) -> None:
+    """Register a client; prints its client_id (and secret, shown this once) as JSON."""
+    jwks = json.loads(Path(jwks_file).read_text()) if jwks_file else None
+    app, registry = _clients()
+    try:
+        client, secret = registry.add(name, scope, site, jwks)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    finally:
+        app.state.database.engine.dispose()  # type: ignore[attr-defined]
+    out = client.public()
+    if secret:
+        out["client_secret"] = secret
+    click.echo(json.dumps(out, indent=2))
+
+
+@clients.command("list")
+def clients_list() -> None:
+    """All clients as JSON (never their secrets)."""
+    app, registry = _clients()
+    click.echo(json.dumps([c.public() for c in registry.all()], indent=2))
+    app.state.database.engine.dispose()  # type: ignore[attr-defined]
+
+
+@clients.command("disable")
+@click.argument("client_id")
+def clients_disable(client_id: str) -> None:
+    """Stop a client getting tokens (tokens it holds expire within their lifetime)."""
+    app, registry = _clients()
+    found = registry.disable(client_id)
+    app.state.database.engine.dispose()  # type: ignore[attr-defined]
+    if not found:
+        raise click.UsageError(f"No client {client_id}")
+    click.echo(f"client {client_id} disabled")
+
+
+@clients.command("rotate-secret")
+@click.argument("client_id")
+def clients_rotate_secret(client_id: str) -> None:
+    """A new secret for a secret-based client; the old one stops working."""
+    app, registry = _clients()
+    secret = registry.rotate_secret(client_id)
+    app.state.database.engine.dispose()  # type: ignore[attr-defined]
+    if secret is None:
+        raise click.UsageError(f"No secret-based client {client_id}")
+    click.echo(json.dumps({"client_id": client_id, "client_secret": secret}, indent=2))
+
+
+@main.group()
+def keys() -> None:
+    """The keys that sign access tokens."""
+
+
+@keys.command("rotate")
+def keys_rotate() -> None:
+    """Start signing with a new key; the old ones stay published until their tokens expire."""
+    app, _ = _clients()
+    kid = app.state.auth.tokens.keys.rotate()  # type: ignore[attr-defined]
+    app.state.database.engine.dispose()  # type: ignore[attr-defined]
+    click.echo(f"signing with key {kid}")
+
+
+@main.group()
+def dicom() -> None:
+    """DICOM archive."""
+
+
+@dicom.command("reindex")
+@click.option("--batch", default=500, show_default=True)
+def dicom_reindex(batch: int) -> None:
+    """Fill the extended query tags (PRIMAGE_DICOM_EXTRA_QUERY_TAGS) for stored instances."""
+    from dicomweb.reindex import reindex_tags
+
+    from .app import create_app
+
+    settings = Settings()
+    db.upgrade(settings.database())
+    app = create_app(settings)
+    tags = app.state.archive.extra_tags
+    if not tags:
+        raise click.UsageError("PRIMAGE_DICOM_EXTRA_QUERY_TAGS names no attributes")
+    _progress(reindex_tags(app.state.database.write, tags, batch=batch), "indexing tags")
+    app.state.database.engine.dispose()
+
+
+@dicom.command("gc")
+def dicom_gc() -> None:
+    """Delete blobs that no instance names (older than the grace period)."""
+    from .app import create_app
+
+    settings = Settings()
+    db.upgrade(settings.database())
+    app = create_app(settings)
+    seen = app.state.archive.collect_garbage()
+    app.state.database.engine.dispose()
+    click.echo(f"examined {seen} blobs")
+
+
+def _progress(steps: Iterator[Progress], label: str) -> int:
+    first = next(steps)
+    with click.progressbar(length=first.total, label=label) as bar:
+        bar.update(first.done)
+        last = first.done
+        for progress in steps:
+            bar.update(progress.done - last)
+            last = progress.done
+    return last
+
+
+@main.group()
+def demo() -> None:
+    """Synthetic demo data."""
+
+
+@demo.command("load")
+def demo_load() -> None:
+    """Load the demo data set if the store is empty."""
+    _load_demo(Settings(), "http://127.0.0.1:8080/dicomweb")
+
+
+def _load_demo(settings: Settings, dicomweb_base: str) -> None:
+    from .app import create_app
+    from .demo import dicom, load_if_empty
+
+    db.upgrade(settings.database())
+    app = create_app(settings)
+    count = load_if_empty(app.state.database, app.state.fhir)
+    if count:
+        instances = dicom.load(app.state.archive, settings.dicomweb_base_url or dicomweb_base)
+        click.echo(f"demo data: {count} resources and a study of {instances} instances loaded")
+    else:
+        click.echo("demo data: store not empty")
+    if app.state.auth is not None:
+        _demo_clients(app.state.auth.clients, settings.data_dir, dicomweb_base)
+    app.state.database.engine.dispose()
+
+
+def _demo_clients(registry: Clients, data_dir: Path, dicomweb_base: str) -> None:
+    """Two demo clients (created once; their secrets kept in the data dir for the demo)."""
+    path = data_dir / "demo-clients.json"
+    known = json.loads(path.read_text()) if path.exists() else {}
+    researcher = known.get("demo-researcher", {})
+    if not researcher or registry.get(researcher["client_id"]) is None:
+        made = {}
+        for name, scope in (
+            ("demo-researcher", "system/*.rs"),
+            ("demo-uploader", "system/*.cruds"),
+        ):
+            client, secret = registry.add(name, scope)
+            made[name] = {"client_id": client.client_id, "client_secret": secret, "scope": scope}
+        path.write_text(json.dumps(made, indent=2))
+        path.chmod(0o600)
+    made = json.loads(path.read_text())
+    root = dicomweb_base.rsplit("/dicomweb", 1)[0]
+    researcher = made["demo-researcher"]
+    click.echo(f"demo OAuth2 clients (secrets in {path}); get a token with:")
+    click.echo(
+        f"  curl -s -u {researcher['client_id']}:{researcher['client_secret']} "
+        f"-d grant_type=client_credentials -d scope='system/*.rs' {root}/oauth/token"
+    )
+    click.echo(f"  then: curl -H 'Authorization: Bearer <access_token>' {root}/fhir/Patient")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""All configuration, from the environment (PRIMAGE_*), in one object the factory is given."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PRIMAGE_", extra="ignore")
+
+    data_dir: Path = Path("var")
+    database_url: SecretStr | None = None  # default: SQLite at {data_dir}/primage.db
+    base_url: str | None = None  # public FHIR base, e.g. https://primage.example.org/fhir
+    secret_key: SecretStr | None = None  # signs paging links; default: {data_dir}/secret.key
+    fhir_max_body_bytes: int = 32 * 1024 * 1024
+    fhir_default_count: int = 50
+    fhir_max_count: int = 1000
+    # Off only for a bulk load that `primage search reindex` follows: until then, searches
+    # miss what was written.
+    search_indexing: bool = True
+    demo_data: bool = False  # load the synthetic demo set when the store is empty
+    log_level: str = "INFO"
+    db_pool_size: int = 10
+
+    # DICOMweb archive
+    dicomweb_base_url: str | None = None  # public base, e.g. https://primage.example.org/dicomweb
+    blob_store: Literal["file", "s3"] = "file"
+    blob_dir: Path | None = None  # default: {data_dir}/blobs
+    blob_fsync: bool = True  # a blob is on disk before its index row commits
+    s3_endpoint_url: str | None = None
+    s3_bucket: str = "primage"
+    s3_region: str = "us-east-1"
+    s3_access_key_id: SecretStr | None = None
+    s3_secret_access_key: SecretStr | None = None
+    dicom_duplicates: Literal["reject", "replace"] = "reject"  # same SOP UID, other bytes
+    qido_max_results: int = 1000
+    dicomweb_max_body_bytes: int = 64 * 1024**3  # per STOW request (streamed to disk)
+    # Further attributes QIDO can match on (keywords); `primage dicom reindex` fills them in
+    # for instances stored before they were added.
+    dicom_extra_query_tags: list[str] = []
+    # Patient.identifier.system for the DICOM Patient ID, which the gateway sets to the
+    # research pseudonym: a stored study links to the Patient with that pseudonym.
+    dicom_patient_id_system: str = "https://primage.eu/fhir/NamingSystem/research-pseudonym"
+    cors_origins: list[str] = []  # browser viewers allowed to call the API
+
+    # OAuth2 (SMART Backend Services). Off only for tests and a trusted local deployment.
+    auth_enabled: bool = True
+    auth_issuer: str | None = None  # public server root, e.g. https://primage.example.org
+    auth_token_lifetime: int = 300  # seconds
+    auth_token_rate: float = 5.0  # token requests per second per client (burst below)
+    auth_token_burst: int = 20
+    # An external OpenID Connect provider whose access tokens are accepted as well
+    oidc_issuer: str | None = None
+    oidc_jwks_file: Path | None = None  # its JWKS (fetch it from the provider's jwks_uri)
+    oidc_audience: str | None = None  # what its tokens name in aud for primage ("primage")
+    oidc_site_claim: str = "site"
+    oidc_scope_claim: str = "scope"
+    oidc_allowed_scopes: list[str] = ["system/*.rs"]  # the most its tokens may grant
+    oidc_require_site: bool = True  # refuse its tokens without the site claim
+    # Queued AuditEvents are staged cheaply and indexed in batches this often (and before
+    # any AuditEvent read).
+    audit_index_interval: float = 10.0
+
+    def database(self) -> str:
+        if self.database_url is not None:
+            return self.database_url.get_secret_value()
+        return f"sqlite:///{self.data_dir / 'primage.db'}"
+
+    def blob_path(self) -> Path:
+        return self.blob_dir or self.data_dir / "blobs"
+
+    def secret(self) -> bytes:
+        """The server secret; generated once into the data dir so every worker shares it."""
+        if self.secret_key is not None:
+            return self.secret_key.get_secret_value().encode()
+        path = self.data_dir / "secret.key"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_urlsafe(32))
+            path.chmod(0o600)
+        return path.read_text().strip().encode()
