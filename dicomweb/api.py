@@ -89,6 +89,20 @@ def build_router(archive: Archive, base_url: str | None = None) -> APIRouter:
 
     # --- STOW-RS ---------------------------------------------------------------------------
 
+    def refusals_audited(service: str, handler: Any) -> Any:
+        """For writes, whose successes are audited in their own transaction: record the
+        refusals (403, 400, 413, 404...) too."""
+
+        async def wrapper(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except DicomWebError as err:
+                study = request.path_params.get("study")
+                archive.record(None, _actor(request), service, err.status, [study] if study else [])
+                raise
+
+        return wrapper
+
     async def stow(request: Request) -> Response:
         _require(request, CREATE)
         _json_accepted(request)
@@ -105,8 +119,8 @@ def build_router(archive: Archive, base_url: str | None = None) -> APIRouter:
         headers = {"Warning": ", ".join(reasons)} if reasons else None
         return _json(_stow_response(result, base), headers, status=result.status)
 
-    router.add_api_route("/studies", stow, methods=["POST"])
-    router.add_api_route(STUDY, stow, methods=["POST"])
+    router.add_api_route("/studies", refusals_audited("stow", stow), methods=["POST"])
+    router.add_api_route(STUDY, refusals_audited("stow", stow), methods=["POST"])
 
     # --- QIDO-RS ---------------------------------------------------------------------------
 
@@ -247,9 +261,8 @@ def build_router(archive: Archive, base_url: str | None = None) -> APIRouter:
         await run_in_threadpool(archive.delete, *_uids(request), base, _actor(request))
         return Response(status_code=204)
 
-    router.add_api_route(STUDY, remove, methods=["DELETE"])
-    router.add_api_route(SERIES, remove, methods=["DELETE"])
-    router.add_api_route(INSTANCE, remove, methods=["DELETE"])
+    for path in (STUDY, SERIES, INSTANCE):
+        router.add_api_route(path, refusals_audited("delete", remove), methods=["DELETE"])
     return router
 
 

@@ -72,13 +72,13 @@ class Archive:
         actor: audit_events.Actor | None = None,
     ) -> StoreResult:
         boundary, part_type = boundary_of(content_type)
+        with_metadata = part_type == "application/dicom+json"
         limit = self.max_body_bytes
-        if part_type == "application/dicom+json":  # assembled in memory: a tighter bound
+        if with_metadata:  # assembled in memory: a tighter bound
             limit = min(limit or JSON_BODY_LIMIT, JSON_BODY_LIMIT)
         receiver = Receiver(self.blobs, boundary, limit)
         outcomes: list[Outcome] = []
         waiting: list[Outcome] = []
-        with_metadata = part_type == "application/dicom+json"
         try:
             async for chunk in body:
                 receiver.feed(chunk)

@@ -792,3 +792,27 @@ def test_staged_audit_events_are_indexed_before_anyone_reads_them(
     auditor = token_for(web, auth_app, "primage/audit.read")
     found = web.get(f"/fhir/AuditEvent?altid={client_id}", headers=bearer(auditor)).json()
     assert [e["resource"]["subtype"][0]["code"] for e in found.get("entry", [])] == ["search-type"]
+
+
+def test_refused_dicomweb_writes_are_audited(web: TestClient, auth_app: FastAPI) -> None:
+    client_id, secret = register(auth_app, "system/ImagingStudy.rs")
+    form = {"grant_type": "client_credentials", "scope": "system/ImagingStudy.rs"}
+    token = web.post("/oauth/token", data=form, auth=(client_id, secret)).json()["access_token"]
+    study = data.study(ct=1, mr=0)
+    r = web.post(
+        "/dicomweb/studies",
+        content=data.multipart([data.part10(ds) for ds in study]),
+        headers={**bearer(token), "Content-Type": data.stow_type()},
+    )
+    assert r.status_code == 403
+    assert (
+        web.delete(
+            f"/dicomweb/studies/{study[0].StudyInstanceUID}", headers=bearer(token)
+        ).status_code
+        == 403
+    )
+    events = _events(web, auth_app, f"altid={client_id}")
+    assert {(e["subtype"][0]["code"], e["outcome"]) for e in events} >= {
+        ("110107", "4"),
+        ("110105", "4"),
+    }
