@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from typing import Any
 from urllib.parse import urlencode
 
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -145,7 +146,18 @@ def _reads_audit(req: Request, where: Route) -> bool:
     if where.interaction in ("search-system", "history-system"):
         named = [t for k, v in req.params if k == "_type" for t in v.split(",")]
         return not named or "AuditEvent" in named or any(k == "_page" for k, _ in req.params)
-    return where.interaction == "batch/transaction"
+    if where.interaction == "batch/transaction" and isinstance(req.body, dict):
+        urls = _entry_urls(req.body)
+        return any(u.startswith(("AuditEvent", "?", "_history")) or not u for u in urls)
+    return False
+
+
+def _entry_urls(bundle: dict[str, Any]) -> list[str]:
+    return [
+        str((e.get("request") or {}).get("url", "")).lstrip("/")
+        for e in bundle.get("entry") or []
+        if isinstance(e, dict)
+    ]
 
 
 def _bundle_type(req: Request) -> str:
@@ -160,11 +172,7 @@ def _touches_parameters(req: Request) -> bool:
         return True
     body = req.body
     if isinstance(body, dict) and body.get("resourceType") == "Bundle":
-        return any(
-            str((e or {}).get("request", {}).get("url", "")).startswith("SearchParameter")
-            for e in body.get("entry") or []
-            if isinstance(e, dict)
-        )
+        return any(url.startswith("SearchParameter") for url in _entry_urls(body))
     return False
 
 

@@ -56,7 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ),
     )
     trail = (
-        AuditTrail(database.write, sweep=settings.audit_index_interval)
+        AuditTrail(database.write, database.read, sweep=settings.audit_index_interval)
         if settings.auth_enabled
         else None
     )
