@@ -153,11 +153,14 @@ def _reads_audit(req: Request, where: Route) -> bool:
 
 
 def _entry_urls(bundle: dict[str, Any]) -> list[str]:
-    return [
-        str((e.get("request") or {}).get("url", "")).lstrip("/")
-        for e in bundle.get("entry") or []
-        if isinstance(e, dict)
-    ]
+    """Each entry's request.url, leniently: the Bundle is validated later, not here."""
+    entries = bundle.get("entry")
+    out = []
+    for entry in entries if isinstance(entries, list) else []:
+        request = entry.get("request") if isinstance(entry, dict) else None
+        url = request.get("url") if isinstance(request, dict) else None
+        out.append(url.lstrip("/") if isinstance(url, str) else "")
+    return out
 
 
 def _bundle_type(req: Request) -> str:

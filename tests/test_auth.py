@@ -816,3 +816,10 @@ def test_refused_dicomweb_writes_are_audited(web: TestClient, auth_app: FastAPI)
         ("110107", "4"),
         ("110105", "4"),
     }
+
+
+def test_a_malformed_bundle_is_a_400_not_a_500(web: TestClient, auth_app: FastAPI) -> None:
+    token = token_for(web, auth_app, "system/*.cruds")
+    for entries in ("x", ["x"], [{"request": "x"}], [{"request": {"url": 7}}]):
+        bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+        assert web.post("/fhir", json=bundle, headers=bearer(token)).status_code == 400
