@@ -137,6 +137,8 @@ def build_router(archive: Archive, base_url: str | None = None) -> APIRouter:
             for document in found:
                 document["00081190"] = {"vr": "UR", "Value": [_retrieve_url(base, level, document)]}
             headers = {"Warning": ", ".join(map(_warning, warnings))} if warnings else None
+            if not found:  # PS3.18 10.6.3: a search without matches is 204 No Content
+                return Response(status_code=204, headers=headers)
             return _json(found, headers)
 
         return handler

@@ -24,7 +24,6 @@ from .store import visible
 
 Level = Literal["study", "series", "instance"]
 LEVELS: tuple[Level, ...] = ("study", "series", "instance")
-CONTROL = {"limit", "offset", "includefield", "fuzzymatching"}
 TRUNCATED = (
     "The number of results exceeded the maximum supported by the server. "
     "Additional results can be requested."
@@ -220,6 +219,7 @@ class Query:
     limit: int | None = None
     offset: int = 0
     ignored: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def parse(level: Level, params: Iterable[tuple[str, str]], extra_tags: Sequence[str] = ()) -> Query:
@@ -234,6 +234,12 @@ def parse(level: Level, params: Iterable[tuple[str, str]], extra_tags: Sequence[
                     query.include.add(keyword(item))
         elif name == "fuzzymatching":
             query.fuzzy = value.lower() == "true"
+        elif name == "emptyvaluematching":  # PS3.18 8.3.4.5: optional; not supported here
+            if value.lower() == "true":
+                query.warnings.append(
+                    "The emptyvaluematching parameter is not supported. "
+                    "Empty Value Matching has not been performed."
+                )
         elif name in ("limit", "offset"):
             if not value.isdigit():
                 raise BadRequest(f"{name} must be a non-negative integer")

@@ -233,7 +233,7 @@ class Archive:
                 study, series = scope["StudyInstanceUID"], scope.get("SeriesInstanceUID")
                 store.scope(repo.conn, study, series, site=site)
             found, cut = qido.run(repo.conn, query, scope, self.max_results, site)
-        warnings = []
+        warnings = list(query.warnings)
         if query.ignored:
             names = ", ".join(query.ignored)
             warnings.append(f"Not supported as matching keys, ignored: {names}")

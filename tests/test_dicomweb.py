@@ -322,6 +322,14 @@ def test_limit_offset_and_the_truncation_warning(
     assert "exceeded the maximum" in capped.headers["Warning"]
 
 
+def test_no_matches_is_204_and_unsupported_options_warn(live_server: str) -> None:
+    url = f"{live_server}/dicomweb/studies"
+    r = httpx.get(url, params={"PatientID": "nobody-has-this-id"})
+    assert r.status_code == 204 and r.content == b""
+    r = httpx.get(url, params={"PatientID": "nobody", "emptyvaluematching": "true"})
+    assert r.status_code == 204 and "emptyvaluematching" in r.headers["Warning"]
+
+
 def test_qido_negotiation_and_unknown_study(live_server: str, stored: dict) -> None:
     url = f"{live_server}/dicomweb/studies"
     assert httpx.get(url, headers={"Accept": "application/dicom+xml"}).status_code == 406
