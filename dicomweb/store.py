@@ -19,6 +19,9 @@ from .errors import Failure, Forbidden, NotFound
 from .schema import dicom_instance, dicom_series, dicom_study, dicom_tag
 
 DuplicatePolicy = Literal["reject", "replace"]
+# One reason for every refusal that involves another site's data, so that a refusal does
+# not tell which of a study, a series or an instance exists elsewhere.
+NOT_HERE = "cannot be stored in this study by this site"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +65,7 @@ def save(
                 )
             ).scalars()
         )
-        reason = "the study belongs to another site"
+        reason = NOT_HERE
         refused += [(p, Failure.mismatch(reason)) for p in items if p.study_uid in foreign]
         items = [p for p in items if p.study_uid not in foreign]
     existing = {
@@ -92,8 +95,7 @@ def save(
         if old is None:
             fresh.append((item, None))
         elif site is not None and old.site != site:
-            reason = "SOP Instance already stored by another site"
-            refused.append((item, Failure(Failure.DUPLICATE_SOP_INSTANCE, reason)))
+            refused.append((item, Failure.mismatch(NOT_HERE)))
         elif old.blob == item.blob:
             stored.append(Saved(item))  # the same bytes again: nothing to do
         elif policy == "replace":
@@ -105,14 +107,14 @@ def save(
             refused.append((item, Failure(Failure.DUPLICATE_SOP_INSTANCE, reason)))
     studies = _upsert_studies(conn, [p for p, _ in fresh], now, site)
     lost = [(p, old) for p, old in fresh if p.study_uid not in studies]
-    refused += [(p, Failure.mismatch("the study belongs to another site")) for p, _ in lost]
+    refused += [(p, Failure.mismatch(NOT_HERE)) for p, _ in lost]
     fresh = [(p, old) for p, old in fresh if p.study_uid in studies]
     series = _upsert_series(conn, [p for p, _ in fresh], studies)
     placed = []
     for item, old in fresh:
         pk, study_pk = series[item.series_uid]
         if study_pk != studies[item.study_uid]:
-            reason = "Series Instance UID already belongs to another study"
+            reason = NOT_HERE if site is not None else "the series belongs to another study"
             refused.append((item, Failure.mismatch(reason)))
         else:
             placed.append((item, old, pk))

@@ -32,6 +32,10 @@ PERMISSION = {
     "conditional-delete": "ds",
 }
 PUBLIC = {"capabilities", "batch/transaction"}  # a Bundle's entries are checked one by one
+READS = {i for i, letters in PERMISSION.items() if set(letters) <= {"r", "s"}} | PUBLIC
+# Types a site client may read but never write: search behaviour and the archive's own
+# resources are the platform's (a site's SearchParameter would change every site's search).
+PLATFORM_TYPES = {"SearchParameter", "Endpoint", "ImagingStudy"}
 
 
 class Forbidden(FhirError):
@@ -44,6 +48,12 @@ class Access(Protocol):
         """May the caller use `permission` (one of c r u d s) on `resource_type`?
         "*" as the type asks about every type at once (system-level interactions)."""
         ...
+
+
+def check_platform(resource_type: str | None) -> None:
+    """For a site client's write: refuse the platform's types."""
+    if resource_type in PLATFORM_TYPES:
+        raise Forbidden(f"{resource_type} resources are written by the platform, not by a site")
 
 
 def check(access: Access | None, interaction: str, types: list[str] | None) -> None:

@@ -222,6 +222,8 @@ class Bundles:
         for entry in creates:
             try:
                 access.check(req.access, "create", [entry.where.type or "*"])
+                if repo.site is not None:
+                    access.check_platform(entry.where.type)
                 body = models.validate(entry.resource, entry.where.type)
             except FhirError as err:
                 raise _located(err, entry) from None

@@ -183,6 +183,8 @@ class Interactions:
         repo.site = req.actor.site if req.actor is not None else None
         if where.interaction != "search-system":  # checked once its types are known
             access.check(req.access, where.interaction, [where.type] if where.type else None)
+        if repo.site is not None and where.interaction not in access.READS:
+            access.check_platform(where.type)
         handler = getattr(self, "_" + where.interaction.replace("-", "_"))
         response: Response = handler(repo, req, where)
         return response
@@ -423,9 +425,11 @@ class Interactions:
                 raise InvalidRequest("Use _summary or _elements, not both", ("_elements",))
             shape = (crit.summary, crit.elements)
             entries += [_entry(req.base, stored, "match", shape) for _, stored in page]
-            included = repo.included(page, crit.include, crit.revinclude, self.options.max_count)
-            if req.access is not None:  # included resources need read scope for their type
-                included = [s for s in included if req.access.allows(s.type, "r")]
+            grant = req.access  # included resources need read scope for their own type
+            readable = (lambda t: grant.allows(t, "r")) if grant is not None else None
+            included = repo.included(
+                page, crit.include, crit.revinclude, self.options.max_count, readable
+            )
             entries += [_entry(req.base, stored, "include", shape) for stored in included]
             if len(hits) > crit.count:
                 last_pk, last_values, _ = hits[crit.count - 1]

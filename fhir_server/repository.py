@@ -256,6 +256,7 @@ class Repository:
         include: list[Include],
         revinclude: list[Include],
         limit: int,
+        readable: Callable[[str], bool] | None = None,
     ) -> list[Stored]:
         """Resources that `_include` / `_revinclude` add to a page (current, not deleted).
 
@@ -274,6 +275,8 @@ class Repository:
                     found += self._reverse(frontier, inc)
             frontier = []
             for pk, stored in found:
+                if readable is not None and not readable(stored.type):
+                    continue  # not returned, and not a step for :iterate either
                 if (stored.type, stored.id) not in seen and len(out) < limit:
                     seen.add((stored.type, stored.id))
                     out.append(stored)
@@ -331,9 +334,11 @@ class Repository:
             query = query.where(ref.c.param == inc.param)
         return [(row[0], Stored(*row[1:])) for row in self.conn.execute(query)]
 
-    def all_current(self, type_: str) -> list[Stored]:
-        """Every current, non-deleted resource of a (small) type, e.g. SearchParameter."""
-        return [stored for _, stored in self.search_ids(type_, [], None, None)]
+    def all_current(self, type_: str, *, platform: bool = False) -> list[Stored]:
+        """Every current, non-deleted resource of a (small) type, e.g. SearchParameter;
+        `platform`: only those no site owns."""
+        where = [resource.c.site.is_(None)] if platform else []
+        return [stored for _, stored in self.search_ids(type_, where, None, None)]
 
     def count_matches(self, sets: list[Any]) -> int:
         """How many resources are in every one of these pk sets (one-column SELECTs).
@@ -505,7 +510,7 @@ class Repository:
 
     def delete(self, type_: str, id_: str, if_match: int | None = None) -> Stored | None:
         """Record a deletion version; None if there was nothing (left) to delete."""
-        current = self._locked_row(type_, id_)
+        current = self._locked_row(type_, id_, deleting=True)
         if current is None:
             if if_match is not None:
                 raise PreconditionFailed(f"{type_}/{id_} does not exist (If-Match given)")
@@ -521,8 +526,14 @@ class Repository:
         self._write_rows([_version_row(pk, type_, id_, version + 1, when, "DELETE", None)], [])
         return Stored(type_, id_, version + 1, when, "DELETE", None)
 
-    def _locked_row(self, type_: str, id_: str) -> tuple[int, int, bool, str | None] | None:
-        """The row about to change, locked; a site client may change only its own site's."""
+    def _locked_row(
+        self, type_: str, id_: str, *, deleting: bool = False
+    ) -> tuple[int, int, bool, str | None] | None:
+        """The row about to change, locked; a site client may change only its own site's.
+
+        Another site's row is answered as if it were not there (a delete is a no-op, an
+        update a 404), so a write cannot tell that it exists; platform rows, which the site
+        sees, are refused (403)."""
         query = select(
             resource.c.pk, resource.c.version, resource.c.deleted, resource.c.site
         ).where(resource.c.type == type_, resource.c.id == id_)
@@ -532,7 +543,11 @@ class Repository:
         if row is None:
             return None
         if self.site is not None and row[3] != self.site:
-            raise Forbidden(f"{type_}/{id_} is not this site's to change")
+            if row[3] is None:
+                raise Forbidden(f"{type_}/{id_} is platform data, not this site's to change")
+            if deleting:
+                return None
+            raise NotFound(f"{type_}/{id_} is not known")
         return (row[0], row[1], row[2], row[3])
 
     def _advance(self, pk: int, version: int, when: datetime, *, deleted: bool) -> None:

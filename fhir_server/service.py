@@ -55,7 +55,7 @@ class FhirService:
         """Put the stored, active SearchParameters into the registry (this process only)."""
         try:
             with self._read() as repo:
-                stored = repo.all_current("SearchParameter")
+                stored = repo.all_current("SearchParameter", platform=True)
         except DBAPIError:  # a database not migrated yet has no resources to offer
             return
         definitions = [jsonio.loads(s.content) for s in stored if s.content is not None]

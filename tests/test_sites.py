@@ -143,8 +143,19 @@ def test_history_shows_only_own_versions(web: TestClient, world: dict) -> None:
     assert world["pb"] not in ids and world["pa"] in ids
 
 
-@pytest.mark.parametrize("how", ["update", "patch", "delete", "transaction", "platform"])
-def test_writes_to_another_sites_resources_are_403(web: TestClient, world: dict, how: str) -> None:
+@pytest.mark.parametrize(
+    ("how", "status"),
+    [
+        ("update", 404),  # as if it were not there: a write must not reveal it exists
+        ("patch", 404),
+        ("delete", 204),  # deleting what is not there is a no-op
+        ("transaction", 404),
+        ("platform", 403),  # platform data the site can see, but not change
+    ],
+)
+def test_writes_to_another_sites_resources_are_refused(
+    web: TestClient, world: dict, how: str, status: int
+) -> None:
     a, pb = world["a"], world["pb"]
     body = {"resourceType": "Patient", "id": pb, "gender": "other"}
     if how == "update":
@@ -165,8 +176,7 @@ def test_writes_to_another_sites_resources_are_403(web: TestClient, world: dict,
     else:
         platform = {"resourceType": "Patient", "id": world["platform"]}
         r = web.put(f"/fhir/Patient/{world['platform']}", json=platform, headers=a)
-    # refused: 403, or 404 where the interaction first reads what the site cannot see
-    assert r.status_code in ((403, 404) if how == "patch" else (403,)), r.text
+    assert r.status_code == status, r.text
     after = web.get(f"/fhir/Patient/{pb}", headers=world["b"]).json()
     assert after["gender"] == "male"
     assert web.get(f"/fhir/Observation/{world['ob']}", headers=world["b"]).status_code == 200
@@ -315,3 +325,61 @@ def test_a_paging_link_works_only_for_the_view_it_was_made_for(
     path = link.split("http://testserver")[-1]
     assert web.get(path, headers=world["researcher"]).status_code == 200
     assert web.get(path, headers=world["a"]).status_code == 400
+
+
+def test_site_clients_cannot_write_platform_types(web: TestClient, world: dict) -> None:
+    a = world["a"]
+    parameter = {
+        "resourceType": "SearchParameter",
+        "url": "urn:x",
+        "name": "x",
+        "status": "active",
+        "description": "x",
+        "code": "identifier",
+        "base": ["Patient"],
+        "type": "token",
+        "expression": "Patient.gender",
+    }
+    assert web.post("/fhir/SearchParameter", json=parameter, headers=a).status_code == 403
+    endpoint = {
+        "resourceType": "Endpoint",
+        "id": "dicomweb",
+        "status": "active",
+        "connectionType": {"code": "dicom-wado-rs"},
+        "payloadType": [{"text": "DICOM"}],
+        "address": "https://evil.example",
+    }
+    assert web.put("/fhir/Endpoint/dicomweb", json=endpoint, headers=a).status_code == 403
+    study = {
+        "resourceType": "ImagingStudy",
+        "status": "available",
+        "subject": {"reference": "Patient/x"},
+    }
+    assert web.post("/fhir/ImagingStudy", json=study, headers=a).status_code == 403
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [{"resource": parameter, "request": {"method": "POST", "url": "SearchParameter"}}],
+    }
+    assert web.post("/fhir", json=bundle, headers=a).status_code == 403
+
+
+def test_include_iterate_does_not_step_through_unreadable_types(
+    web: TestClient, app: FastAPI, world: dict
+) -> None:
+    token = _token(web, app, "system/Observation.rs", f"A{world['tag']}")
+    sibling = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"text": "sibling"},
+        "subject": {"reference": f"Patient/{world['pa']}"},
+    }
+    other = web.post("/fhir/Observation", json=sibling, headers=world["a"]).json()["id"]
+    query = (
+        f"Observation?_id={world['oa']}&_include=Observation:subject"
+        "&_revinclude:iterate=Observation:subject"
+    )
+    found = _ids(web, query, token)
+    # no Patient scope: the patient is neither returned nor a step to its other observations
+    assert world["pa"] not in found and other not in found
+    assert found == {world["oa"]}
