@@ -1,1 +1,0 @@
-"""FHIR R4B REST server: interactions, bundles, storage and the CapabilityStatement."""

@@ -1,5 +1,0 @@
-"""FHIR search: parameters from SearchParameter definitions, compiled to SQL."""
-
-from .compiler import Criteria, Include, SearchCompiler
-
-__all__ = ["Criteria", "Include", "SearchCompiler"]

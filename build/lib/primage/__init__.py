@@ -1,1 +1,0 @@
-"""primage: composition root (settings, app factory, CLI)."""

@@ -1,2 +1,0 @@
-"""OAuth2 for partners: an authorization server (SMART Backend Services) and the checks
-every FHIR and DICOMweb request passes."""
