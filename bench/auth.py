@@ -21,7 +21,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -33,7 +32,7 @@ from joserfc.jwk import RSAKey
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[0:1] = [str(ROOT), str(ROOT / "bench")]
-from fhir_crud import serve_primage  # noqa: E402
+from fhir_crud import Clients, serve_primage, timed  # noqa: E402
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
@@ -50,17 +49,20 @@ def add_client(env: dict[str, str], scope: str, jwks: dict | None = None) -> dic
     return json.loads(out.stdout)
 
 
-def secret_token_fn(base: str, basic: tuple[str, str]) -> Callable[[httpx.Client], None]:
+def secret_token_fn(base: str, basic: tuple[str, str]) -> Callable[[int], None]:
     form = {"grant_type": "client_credentials", "scope": "system/*.cruds"}
+    clients = Clients(base)
 
-    def secret_token(http: httpx.Client) -> None:
-        http.post(f"{base}/oauth/token", data=form, auth=basic).raise_for_status()
+    def secret_token(_: int) -> None:
+        clients.http.post("/oauth/token", data=form, auth=basic).raise_for_status()
 
     return secret_token
 
 
-def jwt_token_fn(base: str, client_id: str, key: RSAKey) -> Callable[[httpx.Client], None]:
-    def jwt_token(http: httpx.Client) -> None:
+def jwt_token_fn(base: str, client_id: str, key: RSAKey) -> Callable[[int], None]:
+    clients = Clients(base)
+
+    def jwt_token(_: int) -> None:
         claims = {
             "iss": client_id,
             "sub": client_id,
@@ -75,32 +77,14 @@ def jwt_token_fn(base: str, client_id: str, key: RSAKey) -> Callable[[httpx.Clie
             "client_assertion_type": ASSERTION_TYPE,
             "client_assertion": assertion,
         }
-        http.post(f"{base}/oauth/token", data=form).raise_for_status()
+        clients.http.post("/oauth/token", data=form).raise_for_status()
 
     return jwt_token
 
 
-def rate(fn: Callable[[httpx.Client], None], n: int, clients: int) -> float:
-    per = n // clients
-    errors: list[BaseException] = []
-
-    def worker() -> None:
-        try:
-            with httpx.Client(timeout=30) as http:
-                for _ in range(per):
-                    fn(http)
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker) for _ in range(clients)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    return per * clients / (time.perf_counter() - start)
+def rate(fn: Callable[[int], None], n: int, clients: int) -> float:
+    """Calls per second over `clients` threads (bench/fhir_crud.py's runner)."""
+    return timed(fn, n, clients)[0]
 
 
 def latencies(http: httpx.Client, url: str, headers: dict[str, str], n: int) -> dict[str, float]:
@@ -161,9 +145,8 @@ def main() -> None:
                         env, "system/*.rs", {"keys": [key.as_dict(private=False)]}
                     )
                     jwt_token = jwt_token_fn(base, jwk_client["client_id"], key)
-                    with httpx.Client() as http:
-                        secret_token(http)
-                        jwt_token(http)
+                    secret_token(0)  # warm
+                    jwt_token(0)
                     tokens["secret_1"] = rate(secret_token, args.tokens, 1)
                     tokens["secret_4"] = rate(secret_token, args.tokens, 4)
                     tokens["jwt_1"] = rate(jwt_token, args.tokens, 1)

@@ -34,7 +34,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -49,7 +48,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 ROOT = Path(__file__).resolve().parent.parent
 # This script's folder is first on sys.path, where its name would hide the dicomweb package.
 sys.path[0:1] = [str(ROOT), str(ROOT / "bench")]
-from fhir_crud import free_port, serve_primage  # noqa: E402
+from fhir_crud import Clients, free_port, serve_primage, timed  # noqa: E402
 
 ORTHANC = "/usr/sbin/Orthanc"
 ORTHANC_DICOMWEB = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
@@ -333,41 +332,26 @@ def warm_up(server: Server, instances: list[Instance]) -> None:
 
 
 def stow(server: Server, batches: list[list[Instance]], clients: int) -> dict[str, float]:
-    headers = STOW_HEADERS
-    queue = list(batches)
-    lock = threading.Lock()
+    """STOW the batches over `clients` threads (bench/fhir_crud.py's runner), 1 request each."""
+    http = Clients(server.root)
     errors: list[str] = []
-    sent = [0, 0]
+    sizes = [sum(i.path.stat().st_size for i in batch) for batch in batches]
 
-    def worker() -> None:
-        with httpx.Client(timeout=600) as http:
-            while True:
-                with lock:
-                    if not queue:
-                        return
-                    batch = queue.pop()
-                payload = body(batch)
-                r = http.post(f"{server.root}/studies", content=payload, headers=headers)
-                if r.status_code != 200:
-                    errors.append(f"{r.status_code} {r.text[:200]}")
-                with lock:
-                    sent[0] += len(batch)
-                    sent[1] += len(payload)
+    def send(n: int) -> None:
+        r = http.http.post("/studies", content=body(batches[n]), headers=STOW_HEADERS)
+        if r.status_code != 200:
+            errors.append(f"{r.status_code} {r.text[:200]}")
 
     cpu = server.cpu_seconds()
-    start = time.perf_counter()
-    threads = [threading.Thread(target=worker) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - start
+    per_second, _ = timed(send, len(batches), clients)
     if errors:
         raise RuntimeError(f"{server.name} STOW failed: {errors[:3]}")
+    elapsed = len(batches) / per_second
+    count = sum(map(len, batches))
     return {
-        "inst_s": sent[0] / elapsed,
-        "mb_s": sent[1] / elapsed / 1e6,
-        "cpu_ms_per_inst": (server.cpu_seconds() - cpu) * 1000 / sent[0],
+        "inst_s": count / elapsed,
+        "mb_s": sum(sizes) / elapsed / 1e6,
+        "cpu_ms_per_inst": (server.cpu_seconds() - cpu) * 1000 / count,
     }
 
 

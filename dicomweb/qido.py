@@ -8,7 +8,7 @@ the study or series, and extended query tags from `dicom_tag`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
@@ -325,11 +325,6 @@ def _extra_tag_clause(level: Level, tag: str, value: str) -> ColumnElement[bool]
         if "*" in value or "?" in value
         else dicom_tag.c.value == value
     )
-    owner: Callable[[], Any] = {
-        "study": lambda: dicom_instance.c.study_pk == dicom_study.c.pk,
-        "series": lambda: dicom_instance.c.series_pk == dicom_series.c.pk,
-        "instance": lambda: dicom_instance.c.pk == dicom_instance.c.pk,
-    }[level]
     if level == "instance":
         return (
             select(dicom_tag.c.instance_pk)
@@ -339,7 +334,13 @@ def _extra_tag_clause(level: Level, tag: str, value: str) -> ColumnElement[bool]
     return (
         select(dicom_tag.c.instance_pk)
         .select_from(dicom_tag.join(dicom_instance, dicom_instance.c.pk == dicom_tag.c.instance_pk))
-        .where(owner(), dicom_tag.c.tag == tag, match)
+        .where(
+            dicom_instance.c.study_pk == dicom_study.c.pk
+            if level == "study"
+            else dicom_instance.c.series_pk == dicom_series.c.pk,
+            dicom_tag.c.tag == tag,
+            match,
+        )
         .exists()
     )
 

@@ -66,6 +66,16 @@ def _stow(live_server: str, body: bytes) -> httpx.Response:
     )
 
 
+def _as_stored(web: DICOMwebClient, ds: Dataset) -> Dataset:
+    """WADO-RS retrieve of one instance with transfer-syntax=* (as stored)."""
+    return web.retrieve_instance(
+        ds.StudyInstanceUID,
+        ds.SeriesInstanceUID,
+        ds.SOPInstanceUID,
+        media_types=(("application/dicom", "*"),),
+    )
+
+
 def _uids(found: list[dict]) -> set[str]:
     return {d["00080018"]["Value"][0] for d in found}
 
@@ -343,12 +353,7 @@ def test_qido_negotiation_and_unknown_study(live_server: str, stored: dict) -> N
 
 def test_retrieve_instance_as_stored_is_byte_identical(web: DICOMwebClient, stored: dict) -> None:
     rle: Dataset = stored["rle"]
-    got = web.retrieve_instance(
-        rle.StudyInstanceUID,
-        rle.SeriesInstanceUID,
-        rle.SOPInstanceUID,
-        media_types=(("application/dicom", "*"),),
-    )
+    got = _as_stored(web, rle)
     assert got.file_meta.TransferSyntaxUID == rle.file_meta.TransferSyntaxUID
     buffer = io.BytesIO()
     got.save_as(buffer, enforce_file_format=True)
@@ -603,19 +608,9 @@ def test_stow_metadata_with_bulk_data(web: DICOMwebClient, live_server: str) -> 
         f"{live_server}/dicomweb/studies", content=body, headers={"Content-Type": content_type}
     )
     assert r.status_code == 200, r.headers.get("Warning")
-    got = web.retrieve_instance(
-        native[1].StudyInstanceUID,
-        native[1].SeriesInstanceUID,
-        native[1].SOPInstanceUID,
-        media_types=(("application/dicom", "*"),),
-    )
+    got = _as_stored(web, native[1])
     assert got.PixelData == native[1].PixelData and got.PatientName == "Yamada^Tarou"
-    stored_j2k = web.retrieve_instance(
-        j2k.StudyInstanceUID,
-        j2k.SeriesInstanceUID,
-        j2k.SOPInstanceUID,
-        media_types=(("application/dicom", "*"),),
-    )
+    stored_j2k = _as_stored(web, j2k)
     assert stored_j2k.file_meta.TransferSyntaxUID == j2k.file_meta.TransferSyntaxUID
     assert np.array_equal(stored_j2k.pixel_array, j2k.pixel_array)
 
