@@ -19,7 +19,13 @@ V1 = {"read": "rs", "write": "cud", "*": "cruds"}
 ORDER = "cruds"
 _SCOPE = re.compile(r"^system/(?P<type>\*|[A-Z][A-Za-z]{1,63})\.(?P<perm>[a-z*]+)$")
 AUDIT = "primage/audit.read"
-EXTRA = {AUDIT}  # non-SMART scopes this server knows
+IDENTITY_REGISTER = "primage/identity.register"  # a site registers its patients for linkage
+IDENTITY_REVIEW = "primage/identity.review"  # a curator resolves possible matches
+IDENTITY_REIDENTIFY = "primage/identity.reidentify"  # a site reads back its own local id
+# An edge gateway: what it writes it pseudonymised itself (the platform's guard still checks)
+GATEWAY = "primage/gateway"
+# the non-SMART scopes this server knows
+EXTRA = {AUDIT, IDENTITY_REGISTER, IDENTITY_REVIEW, IDENTITY_REIDENTIFY, GATEWAY}
 
 
 @dataclass(frozen=True, slots=True)
