@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 import orjson
 from fastapi import APIRouter, Request
@@ -77,10 +78,15 @@ def build_router(archive: Archive, base_url: str | None = None) -> APIRouter:
             study = request.path_params.get("study")
             studies = [study] if study else []
             query = str(request.query_params) if service == "qido" else None
+            # A site behind the gateway may type identifying values (a name, an original UID):
+            # those stay out of the trail, which is data at rest.
+            masked = archive.gateway is not None and actor is not None and bool(actor.site)
+            if masked and query is not None:
+                query = urlencode([(k, "***") for k, _ in request.query_params.multi_items()])
             try:
                 response = await handler(request)
             except DicomWebError as err:
-                archive.record(None, actor, service, err.status, studies, query)
+                archive.record(None, actor, service, err.status, [] if masked else studies, query)
                 raise
             archive.record(None, actor, service, response.status_code, studies, query)
             return response

@@ -54,6 +54,7 @@ class Failure(Exception):
     PROCESSING_FAILURE = 0x0110
     DUPLICATE_SOP_INSTANCE = 0x0111
     SOP_CLASS_NOT_SUPPORTED = 0x0122
+    NOT_AUTHORIZED = 0x0124  # PS3.7 C.4: refused (identified data, quarantined objects)
     OUT_OF_RESOURCES = 0xA700
     DATA_SET_DOES_NOT_MATCH = 0xA900
     CANNOT_UNDERSTAND = 0xC000

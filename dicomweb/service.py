@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from pydicom.dataset import Dataset
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
@@ -52,7 +53,11 @@ class Archive:
     max_results: int = 1000
     extra_tags: dict[str, str] = field(default_factory=dict)  # keyword -> GGGGEEEE
     patient_system: str = "https://primage.eu/fhir/NamingSystem/research-pseudonym"
-    transform: Transform | None = None
+    # The pseudonymisation gateway: per site, the transformation a site's instances go
+    # through (raising Failure quarantines one); guard: the last check before any instance
+    # is stored, whoever sent it (raises Failure for what still carries identity).
+    gateway: Callable[[str], Transform] | None = None
+    guard: Callable[[Dataset], None] | None = None
     batch: int = 64
     # Blobs no row names are deleted only once this old: a concurrent STOW of the same
     # bytes re-commits the blob (refreshing its time) before inserting its row.
@@ -77,6 +82,9 @@ class Archive:
         if with_metadata:  # assembled in memory: a tighter bound
             limit = min(limit or JSON_BODY_LIMIT, JSON_BODY_LIMIT)
         receiver = Receiver(self.blobs, boundary, limit)
+        transform = None
+        if self.gateway is not None and actor is not None and actor.needs_gateway:
+            transform = self.gateway(str(actor.site))
         outcomes: list[Outcome] = []
         waiting: list[Outcome] = []
         try:
@@ -85,7 +93,7 @@ class Archive:
                 if with_metadata:
                     continue  # instances are built once all their bulk data has arrived
                 if done := receiver.take():
-                    prepared = await run_in_threadpool(self._prepare, done, study_uid)
+                    prepared = await run_in_threadpool(self._prepare, done, study_uid, transform)
                     outcomes += prepared
                     waiting += [o for o in prepared if o.prepared]
                     if len(waiting) >= self.batch:
@@ -94,7 +102,7 @@ class Archive:
             receiver.close()
             if with_metadata:
                 built, outcomes = await run_in_threadpool(assemble, self.blobs, receiver.take())
-                prepared = await run_in_threadpool(self._prepare, built, study_uid)
+                prepared = await run_in_threadpool(self._prepare, built, study_uid, transform)
                 outcomes += prepared
                 waiting += [o for o in prepared if o.prepared]
         except (BadRequest, PayloadTooLarge) as error:
@@ -127,9 +135,12 @@ class Archive:
         )
         return result
 
-    def _prepare(self, done: list[Any], study_uid: str | None) -> list[Outcome]:
+    def _prepare(
+        self, done: list[Any], study_uid: str | None, transform: Transform | None
+    ) -> list[Outcome]:
         return [
-            prepare(self.blobs, part, study_uid, self.transform, self.extra_tags) for part in done
+            prepare(self.blobs, part, study_uid, transform, self.extra_tags, self.guard)
+            for part in done
         ]
 
     def record(
@@ -156,7 +167,7 @@ class Archive:
                 with self.write() as repo:
                     site = actor.site if actor is not None else None
                     saved, refused, touched = store.save(repo.conn, items, self.duplicates, site)
-                    self._sync_studies(repo, touched, base)
+                    self.sync_studies(repo, touched, base)
                     stored = [s.prepared.study_uid for s in saved]
                     if stored:
                         self.record(repo, actor, "stow", 200, stored)
@@ -179,7 +190,7 @@ class Archive:
         replaced = [s.replaced_blob for s in saved if s.replaced_blob]
         self._drop_blobs([p.blob for p, _ in refused] + replaced)
 
-    def _sync_studies(self, repo: Repository, study_pks: set[int], base: str) -> None:
+    def sync_studies(self, repo: Repository, study_pks: set[int], base: str) -> None:
         """Studies left empty go (with their ImagingStudy); the others' ImagingStudy is
         rewritten from the index."""
         gone = store.drop_empty_studies(repo.conn, study_pks)
@@ -315,7 +326,7 @@ class Archive:
             count = len(conn.execute(select(dicom_instance.c.pk).where(clause)).all())
             keys, studies = store.remove(conn, clause)
             store.refresh_counts(conn, studies, now)
-            self._sync_studies(repo, studies, base)
+            self.sync_studies(repo, studies, base)
             self.record(repo, actor, "delete", 204, [study])
         for key in keys:
             self.blobs.delete(key, self.blob_grace)

@@ -154,6 +154,7 @@ def prepare(
     study_uid: str | None,
     transform: Transform | None,
     extra_tags: dict[str, str],
+    guard: Callable[[Dataset], None] | None = None,
 ) -> Outcome:
     """Check one spooled part and commit its blob; never raises for a bad instance."""
     outcome = Outcome()
@@ -174,6 +175,8 @@ def prepare(
             raise Failure(Failure.STUDY_UID_MISMATCH, "instance of another study than the URL's")
         if transform is not None:
             dataset = transform(dataset)
+        if guard is not None:
+            guard(dataset)
         layout = parts.pixel_layout(dataset, checked.transfer_syntax)
         if transform is not None or not conformant:
             writer = _rewrite(blobs, writer, dataset)

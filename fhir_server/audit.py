@@ -59,6 +59,13 @@ class Actor:
     client_id: str
     site: str | None
     address: str | None
+    # A site's edge gateway: its writes were pseudonymised at the hospital, not again here
+    pseudonymised: bool = False
+
+    @property
+    def needs_gateway(self) -> bool:
+        """A site's own write, which the platform's gateway must pseudonymise."""
+        return bool(self.site) and not self.pseudonymised
 
 
 Sink = Callable[[Any, dict[str, Any]], None]  # (repository or None, AuditEvent) -> None

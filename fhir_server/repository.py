@@ -151,9 +151,12 @@ class Repository:
         conn: Connection,
         indexer: Indexer | None = None,
         clock: Callable[[], datetime] | None = None,
+        guard: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.conn = conn
         self.indexer = indexer
+        # The store boundary's last check on every resource written (raises FhirError)
+        self.guard = guard
         self._clock = clock or (lambda: datetime.now(UTC))
         self._locking = conn.dialect.name == "postgresql"
         # The caller's site: it sees its own and platform data, and writes only its own.
@@ -421,6 +424,8 @@ class Repository:
         """
         if id_ is None or assigned:
             return self.create_many([(body, id_ or str(uuid.uuid4()))])[0]
+        if self.guard is not None:
+            self.guard(body)
         type_ = body["resourceType"]
         when = self._clock()
         document, content = stamp(body, id_, 1, when, self.site)
@@ -448,6 +453,9 @@ class Repository:
         """Insert resources with server-chosen ids (fresh UUIDs) in two round trips in all."""
         if not items:
             return []
+        if self.guard is not None:
+            for body, _ in items:
+                self.guard(body)
         when = self._clock()
         rows = [
             {
@@ -489,6 +497,8 @@ class Repository:
     ) -> tuple[Stored, bool]:
         """Write a new version (or create with this id); returns (stored, created)."""
         type_ = body["resourceType"]
+        if self.guard is not None:
+            self.guard(body)
         current = self._locked_row(type_, id_)
         if current is None:
             if if_match is not None:

@@ -39,6 +39,7 @@ class FhirService:
         write: Callable[[], AbstractContextManager[Repository]],
         audit: audit_events.Sink | None = None,
         before_audit_read: Callable[[], object] | None = None,
+        gateway: Callable[[Request, str, str], Request] | None = None,
     ) -> None:
         self.interactions = interactions
         self.bundles = Bundles(interactions, write)
@@ -46,6 +47,8 @@ class FhirService:
         self._write = write
         self.audit = audit
         self.before_audit_read = before_audit_read  # stored-but-unindexed events first
+        # The pseudonymisation gateway: rewrites a site's writes (request, interaction, site)
+        self.gateway = gateway
         if audit is not None:
             self.bundles.audit = self._audit_transaction
             self.bundles.audit_entry = self._audit
@@ -73,6 +76,11 @@ class FhirService:
         try:
             where = route(req.method, req.path)
             interaction = where.interaction
+            actor = req.actor
+            if self.gateway and actor and actor.needs_gateway and interaction not in READ_ONLY:
+                where = Route(interaction, where.type)  # the site's own id stays out of audit
+                req = self.gateway(req, interaction, str(actor.site))
+                where = route(req.method, req.path)
             if self.before_audit_read is not None and _reads_audit(req, where):
                 self.before_audit_read()
             if interaction == "batch/transaction":
@@ -116,13 +124,17 @@ class FhirService:
             return
         if interaction == "batch/transaction":
             interaction = _bundle_type(req)
+        # A site behind the gateway may still type its own identifiers into a request (a name
+        # to search, an MRN as id): those stay out of the trail, which is data at rest.
+        masked = self.gateway is not None and bool(req.actor.site)
         references = []
         if response.stored is not None:
             references.append(response.stored.reference)
-        elif where is not None and where.type and where.id:
+        elif where is not None and where.type and where.id and not masked:
             references.append(f"{where.type}/{where.id}")
         searching = interaction.startswith(("search", "history-type", "history-system"))
-        query = urlencode(req.params) if searching else None
+        params = [(k, "***") for k, _ in req.params] if masked else req.params
+        query = urlencode(params) if searching else None
         event = audit_events.fhir_event(
             req.actor,
             interaction,

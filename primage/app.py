@@ -24,8 +24,10 @@ from fhir_server.interactions import Interactions, Options
 from fhir_server.paging import PageTokens
 from fhir_server.searchparams import base_registry
 from fhir_server.service import FhirService
+from pseudonymisation.guard import FhirGuard
+from pseudonymisation.linkage import api as linkage_api
 
-from . import blobs, db
+from . import blobs, db, gateway
 from .audit import AuditTrail
 from .auth import server as auth_server
 from .auth.clients import Clients
@@ -44,7 +46,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     engine = db.make_engine(settings.database(), settings.db_pool_size)
     registry = base_registry()
     indexer = Indexer(registry)
-    database = db.Database(engine, indexer if settings.search_indexing else None)
+    guard = FhirGuard(settings.dicom_patient_id_system) if settings.identified_data_guard else None
+    database = db.Database(engine, indexer if settings.search_indexing else None, guard)
+    pseudonymiser = gateway.build(settings, database.read) if settings.gateway_enabled else None
     max_body = settings.fhir_max_body_bytes
     interactions = Interactions(
         PageTokens(settings.secret()),
@@ -66,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         database.write,
         audit=trail,
         before_audit_read=trail.materialize if trail is not None else None,
+        gateway=pseudonymiser.fhir.rewrite if pseudonymiser is not None else None,
     )
     archive = Archive(
         database.read,
@@ -78,6 +83,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         public_base=settings.dicomweb_base_url.rstrip("/") if settings.dicomweb_base_url else None,
         max_body_bytes=settings.dicomweb_max_body_bytes,
         audit=trail,
+        gateway=pseudonymiser.dicom_transform if pseudonymiser is not None else None,
+        guard=gateway.dicom_guard if settings.identified_data_guard else None,
     )
     metrics = Metrics()
     auth = _auth_server(settings, database) if settings.auth_enabled else None
@@ -109,6 +116,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         fhir_api.build_router(service, max_body_bytes=max_body, base_url=settings.base_url)
     )
     app.include_router(dicomweb_api.build_router(archive, settings.dicomweb_base_url))
+    if pseudonymiser is not None and pseudonymiser.linkage is not None:
+        app.include_router(linkage_api.build_router(pseudonymiser.linkage))
+        app.state.linkage = pseudonymiser.linkage
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> Response:
@@ -138,6 +148,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if trail is not None:
         app.router.add_event_handler("shutdown", trail.close)
     app.router.add_event_handler("shutdown", engine.dispose)
+    if pseudonymiser is not None and pseudonymiser.linkage_engine is not None:
+        app.router.add_event_handler("shutdown", pseudonymiser.linkage_engine.dispose)
     return app
 
 

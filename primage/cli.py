@@ -59,6 +59,51 @@ def serve(host: str, port: int, workers: int, demo: bool | None) -> None:
     )
 
 
+@main.command()
+@click.option("--upstream", required=True, help="The platform's root URL, e.g. https://primage.eu")
+@click.option("--client-id", required=True, help="The site's OAuth2 client (registered with JWKS)")
+@click.option(
+    "--key-file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The client's private key: a JWK (JSON) or PEM.",
+)
+@click.option("--site", required=True, help="The site this gateway runs for (its context).")
+@click.option(
+    "--scope",
+    default="system/*.cruds primage/identity.register primage/gateway",
+    show_default=True,
+)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8090, show_default=True, type=int)
+def gateway(
+    upstream: str, client_id: str, key_file: Path, site: str, scope: str, host: str, port: int
+) -> None:
+    """Run the pseudonymisation gateway stand-alone at a site's edge: local FHIR and STOW-RS
+    write endpoints that forward only pseudonymised data to the platform. The gateway key
+    (PRIMAGE_GATEWAY_KEY) must be the platform's."""
+    from pseudonymisation import edge
+
+    settings = Settings()
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    if settings.gateway_key is None:
+        raise click.UsageError("Set PRIMAGE_GATEWAY_KEY to the platform's gateway key")
+    key, alg = edge.load_key(key_file)
+    app = edge.build_app(
+        edge.Upstream(upstream, client_id, key, scope, alg),
+        site,
+        settings.gateway_key.get_secret_value().encode(),
+        spool=settings.data_dir / "edge-spool",
+        quarantine=settings.data_dir / "quarantine",
+        system=settings.dicom_patient_id_system,
+    )
+    click.echo(f"primage edge gateway for site {site}: http://{host}:{port}/fhir, /dicomweb")
+    click.echo(f"  forwarding to {upstream}; quarantine: {settings.data_dir / 'quarantine'}")
+    uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower())
+
+
 @main.group(name="db")
 def db_group() -> None:
     """Database schema."""
@@ -213,6 +258,49 @@ def dicom_gc() -> None:
     seen = app.state.archive.collect_garbage()
     app.state.database.engine.dispose()
     click.echo(f"examined {seen} blobs")
+
+
+@main.group()
+def linkage() -> None:
+    """The linkage service built into the platform (pseudonyms, review queue)."""
+
+
+def _linkage_app() -> object:
+    from .app import create_app
+
+    settings = Settings()
+    db.upgrade(settings.database())
+    app = create_app(settings)
+    if getattr(app.state, "linkage", None) is None:
+        raise click.UsageError("No in-process linkage service (PRIMAGE_LINKAGE_URL is set)")
+    return app
+
+
+@linkage.command("sync")
+@click.option("--base", default="http://127.0.0.1:8080/dicomweb", show_default=True)
+def linkage_sync(base: str) -> None:
+    """Carry resolved merges and splits into the platform's FHIR and DICOM stores."""
+    from .relink import sync
+
+    app = _linkage_app()
+    state = app.state  # type: ignore[attr-defined]
+    steps = sync(
+        state.linkage.changes,
+        state.database.write,
+        state.archive,
+        state.settings.dicom_patient_id_system,
+        state.settings.dicomweb_base_url or base,
+    )
+    applied = sum(1 for _ in steps)
+    click.echo(f"applied {applied} linkage changes")
+
+
+@linkage.command("recluster")
+def linkage_recluster() -> None:
+    """Cluster all registrations in batch; what would change goes to the review queue."""
+    app = _linkage_app()
+    proposals = app.state.linkage.recluster()  # type: ignore[attr-defined]
+    click.echo(f"{len(proposals)} proposals filed for review")
 
 
 def _progress(steps: Iterator[Progress], label: str) -> int:

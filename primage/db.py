@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -74,9 +74,15 @@ def _sqlite_transactions(engine: Engine) -> None:
 class Database:
     """Hands out repositories bound to a read or a write transaction."""
 
-    def __init__(self, engine: Engine, indexer: Indexer | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        indexer: Indexer | None = None,
+        guard: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         self.engine = engine
         self.indexer = indexer
+        self.guard = guard  # refuses resources that still identify a person
 
     @contextmanager
     def read(self) -> Iterator[Repository]:
@@ -86,7 +92,7 @@ class Database:
     @contextmanager
     def write(self) -> Iterator[Repository]:
         with self.engine.connect().execution_options(primage_write=True) as conn, conn.begin():
-            yield Repository(conn, self.indexer)
+            yield Repository(conn, self.indexer, guard=self.guard)
 
     def analyze(self) -> None:
         """Refresh planner statistics, as autovacuum would shortly after a bulk load."""

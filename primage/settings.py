@@ -66,6 +66,26 @@ class Settings(BaseSettings):
     # any AuditEvent read).
     audit_index_interval: float = 10.0
 
+    # Pseudonymisation gateway (in front of every write from a principal with a site)
+    gateway_enabled: bool = True
+    gateway_key: SecretStr | None = None  # shared by all gateways; default {data_dir}/gateway.key
+    gateway_date_shift_days: int = 180  # per-person offsets lie in ±[1, this]
+    gateway_patient_name: Literal["pseudonym", "empty"] = "pseudonym"  # DICOM PatientName
+    gateway_fhir_policy: Path | None = None  # default: pseudonymisation/data/fhir_policy.json
+    # The store boundary refuses a Patient with direct identifiers, and a DICOM instance
+    # without PatientIdentityRemoved = YES, whoever sends it.
+    identified_data_guard: bool = True
+    # Linkage service: in-process on its own database, or a separate service at linkage_url
+    linkage_database_url: SecretStr | None = None  # default: SQLite at {data_dir}/linkage.db
+    linkage_secret: SecretStr | None = None  # pseudonym key; default {data_dir}/linkage.key
+    linkage_url: str | None = None  # e.g. https://identity.example.org (its /identity API)
+    linkage_token: SecretStr | None = None  # bearer token for linkage_url
+
+    def linkage_database(self) -> str:
+        if self.linkage_database_url is not None:
+            return self.linkage_database_url.get_secret_value()
+        return f"sqlite:///{self.data_dir / 'linkage.db'}"
+
     def database(self) -> str:
         if self.database_url is not None:
             return self.database_url.get_secret_value()

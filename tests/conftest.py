@@ -77,6 +77,10 @@ def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Set
         secret_key="test-secret-not-for-production",
         fhir_max_body_bytes=256 * 1024,
         auth_enabled=False,  # the API suites; tests/test_auth.py runs apps with auth on
+        # The API, auth and site suites write plain test data; tests/test_gateway.py runs the
+        # app with the pseudonymisation gateway and the identified-data guard on.
+        gateway_enabled=False,
+        identified_data_guard=False,
     )
 
 

@@ -115,6 +115,7 @@ def test_the_archive_on_s3_end_to_end(s3, database_url: str, tmp_path: Path) -> 
         s3_access_key_id="test",
         s3_secret_access_key="test",
         auth_enabled=False,
+        identified_data_guard=False,  # plain test data, as in the other archive suites
     )
     app = create_app(settings)
     app.state.archive.blob_grace = 0

@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from fhir_server.audit import Actor
 from fhir_server.errors import Issue, operation_outcome
 
+from .scopes import GATEWAY
 from .tokens import InvalidToken, Tokens
 
 log = logging.getLogger("primage.auth")
@@ -65,7 +66,12 @@ class BearerAuth:
         state["principal"] = principal
         state["access"] = principal.grant
         client = scope.get("client")
-        state["actor"] = Actor(principal.client_id, principal.site, client[0] if client else None)
+        state["actor"] = Actor(
+            principal.client_id,
+            principal.site,
+            client[0] if client else None,
+            pseudonymised=GATEWAY in principal.scopes,
+        )
         await self.app(scope, receive, send)
 
 

@@ -42,6 +42,8 @@ def _slice(study: str, series: str, modality: str, n: int, size: int) -> Dataset
     ds.PatientName = PSEUDONYM
     ds.PatientID = PSEUDONYM
     ds.PatientSex = "F"
+    ds.PatientIdentityRemoved = "YES"  # synthetic: nothing to remove, as the guard requires
+    ds.DeidentificationMethod = "synthetic demo data"
     ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
     ds.StudyDate, ds.StudyTime = "20240311", "093000"
     ds.AccessionNumber = "DEMO-0001"

@@ -1,0 +1,644 @@
+"""The pseudonymisation gateway end to end: sites write identified FHIR and DICOM through the
+real app (OAuth2 on, linkage service on its own database); what the platform stores holds no
+name, id, birth date or original UID, and the same child gets one research pseudonym."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from joserfc.jwk import RSAKey
+from pydantic import SecretStr
+from sqlalchemy import Engine, MetaData, select
+from starlette.testclient import TestClient
+
+from primage import db, relink
+from primage.app import create_app
+from primage.settings import Settings
+from pseudonymisation import edge as edge_gateway
+from tests import dicom_data as data
+from tests import phi_corpus
+from tests.conftest import _postgres_url
+
+SYSTEM = "https://primage.eu/fhir/NamingSystem/research-pseudonym"
+MRN = "urn:oid:1.2.3.4.5.6"
+
+
+def _fresh_database(backend_url: str, folder: Path) -> Iterator[str]:
+    if backend_url.startswith("postgresql"):
+        yield from _postgres_url()
+    else:
+        yield f"sqlite:///{folder / 'store.db'}"
+
+
+@pytest.fixture(scope="module")
+def platform_url(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A store of its own, so the byte-level search sees only what the gateway let in."""
+    for url in _fresh_database(database_url, tmp_path_factory.mktemp("platform")):
+        db.upgrade(url)
+        yield url
+
+
+@pytest.fixture(scope="module")
+def linkage_url(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The linkage service's own database: a schema (PostgreSQL) or file (SQLite) apart."""
+    yield from _fresh_database(database_url, tmp_path_factory.mktemp("linkage"))
+
+
+@pytest.fixture(scope="module")
+def gw_app(
+    settings: Settings,
+    platform_url: str,
+    linkage_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[FastAPI]:
+    application = create_app(
+        settings.model_copy(
+            update={
+                "database_url": SecretStr(platform_url),
+                "data_dir": tmp_path_factory.mktemp("gateway-data"),
+                "auth_enabled": True,
+                "gateway_enabled": True,
+                "identified_data_guard": True,
+                "linkage_database_url": SecretStr(linkage_url),
+                "gateway_key": SecretStr("test-gateway-key"),
+                "linkage_secret": SecretStr("test-linkage-secret"),
+            }
+        )
+    )
+    yield application
+    application.state.database.engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def web(gw_app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(gw_app, base_url="http://testserver") as test_client:
+        yield test_client
+
+
+def _token(web: TestClient, app: FastAPI, scope: str, site: str | None) -> dict[str, str]:
+    client, secret = app.state.auth.clients.add(f"gw-{site}", scope, site)
+    r = web.post(
+        "/oauth/token",
+        data={"grant_type": "client_credentials", "scope": scope},
+        auth=(client.client_id, secret),
+    )
+    assert r.status_code == 200, r.text
+    return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
+@pytest.fixture(scope="module")
+def tag() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture(scope="module")
+def sites(web: TestClient, gw_app: FastAPI, tag: str) -> dict[str, dict[str, str]]:
+    return {
+        "a": _token(web, gw_app, "system/*.cruds", f"A{tag}"),
+        "b": _token(web, gw_app, "system/*.cruds", f"B{tag}"),
+        "researcher": _token(web, gw_app, "system/*.rs", None),
+        "admin": _token(web, gw_app, "system/*.cruds", None),
+    }
+
+
+def _child(tag: str, mrn: str, family: str = "Müller-Lüdenscheidt") -> dict[str, Any]:
+    return {
+        "resourceType": "Patient",
+        "id": mrn,
+        "identifier": [{"system": MRN, "value": mrn}],
+        "name": [{"use": "official", "family": f"{family}{tag}", "given": ["Zoë", "Annika"]}],
+        "telecom": [{"system": "phone", "value": "+49 30 1234567"}],
+        "address": [{"line": ["Lindenstraße 12"], "city": "Berlin", "postalCode": "10117"}],
+        "gender": "female",
+        "birthDate": "2015-03-04",
+        "text": {"status": "generated", "div": f"<div>Zoë {family}{tag}</div>"},
+    }
+
+
+def _observation(subject: str, tag: str) -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "id": f"obs-{tag}",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8302-2"}]},
+        "subject": {"reference": subject, "display": "Zoë Müller"},
+        "effectiveDateTime": "2021-06-01T10:30:00+02:00",
+        "valueQuantity": {"value": 120, "unit": "cm"},
+        "note": [{"text": f"Zoë Müller-Lüdenscheidt{tag} measured, call +49 30 1234567"}],
+    }
+
+
+@pytest.fixture(scope="module")
+def child(web: TestClient, sites: dict[str, dict[str, str]], tag: str) -> dict[str, Any]:
+    mrn = f"MRN{tag}"
+    r = web.put(f"/fhir/Patient/{mrn}", json=_child(tag, mrn), headers=sites["a"])
+    assert r.status_code == 201, r.text
+    obs = web.put(
+        f"/fhir/Observation/obs-{tag}",
+        json=_observation(f"Patient/{mrn}", tag),
+        headers=sites["a"],
+    )
+    assert obs.status_code == 201, obs.text
+    return {"mrn": mrn, "patient": r.json(), "observation": obs.json()}
+
+
+def _days(a: str, b: str) -> int:
+    return (date.fromisoformat(a[:10]) - date.fromisoformat(b[:10])).days
+
+
+def test_patient_is_stored_under_the_research_pseudonym_only(child: dict[str, Any]) -> None:
+    stored = child["patient"]
+    assert stored["id"] != child["mrn"]
+    assert [i["system"] for i in stored["identifier"]] == [SYSTEM]
+    assert stored["identifier"][0]["value"].startswith("PRM-")
+    for gone in ("name", "telecom", "address", "text"):
+        assert gone not in stored
+    assert stored["gender"] == "female"
+    assert 1 <= abs(_days(stored["birthDate"], "2015-03-04")) <= 180
+
+
+def test_observation_follows_its_patient_with_the_same_date_offset(
+    web: TestClient, sites: dict[str, dict[str, str]], child: dict[str, Any]
+) -> None:
+    obs = child["observation"]
+    patient = child["patient"]
+    assert obs["subject"] == {"reference": f"Patient/{patient['id']}"}  # no display: a name
+    offset = _days(patient["birthDate"], "2015-03-04")
+    assert _days(obs["effectiveDateTime"], "2021-06-01") == offset
+    assert obs["effectiveDateTime"].endswith("T10:30:00+02:00")
+    assert "note" not in obs  # free text about a patient whose names this request lacks
+    found = web.get(
+        "/fhir/Observation",
+        params={"subject:Patient.identifier": f"{SYSTEM}|{patient['identifier'][0]['value']}"},
+        headers=sites["researcher"],
+    )
+    assert [e["resource"]["id"] for e in found.json()["entry"]] == [obs["id"]]
+
+
+def test_resending_lands_on_the_same_resource_and_pseudonym(
+    web: TestClient, sites: dict[str, dict[str, str]], child: dict[str, Any], tag: str
+) -> None:
+    again = web.put(
+        f"/fhir/Patient/{child['mrn']}", json=_child(tag, child["mrn"]), headers=sites["a"]
+    )
+    assert again.status_code == 200, again.text
+    assert again.json()["id"] == child["patient"]["id"]
+    assert again.json()["identifier"] == child["patient"]["identifier"]
+    assert again.json()["meta"]["versionId"] == "2"
+
+
+def test_the_same_child_from_another_site_gets_the_same_pseudonym(
+    web: TestClient, sites: dict[str, dict[str, str]], child: dict[str, Any], tag: str
+) -> None:
+    other = _child(tag, f"B-{tag}", family="Mueller-Luedenscheidt")  # recorded differently
+    other["name"][0]["given"] = ["Zoe"]
+    r = web.put(f"/fhir/Patient/B-{tag}", json=other, headers=sites["b"])
+    assert r.status_code == 201, r.text
+    assert r.json()["identifier"] == child["patient"]["identifier"]
+    assert r.json()["id"] != child["patient"]["id"]  # each site's own Patient resource
+
+
+def test_a_transaction_links_entries_to_the_patient_in_the_same_bundle(
+    web: TestClient, sites: dict[str, dict[str, str]], tag: str
+) -> None:
+    patient = _child(tag, f"T-{tag}", family="Kowalski")
+    del patient["id"]
+    observation = _observation("urn:uuid:6b2b2f5e-0000-4000-8000-000000000001", tag)
+    del observation["id"]
+    observation["note"] = [{"text": f"Zoë Kowalski{tag} measured, call +49 30 1234567"}]
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": "urn:uuid:6b2b2f5e-0000-4000-8000-000000000001",
+                "resource": patient,
+                "request": {"method": "POST", "url": "Patient"},
+            },
+            {
+                "resource": observation,
+                "request": {"method": "POST", "url": "Observation"},
+            },
+        ],
+    }
+    r = web.post("/fhir", json=bundle, headers=sites["a"])
+    assert r.status_code == 200, r.text
+    locations = [e["response"]["location"] for e in r.json()["entry"]]
+    stored_patient, stored_obs = (web.get(url, headers=sites["a"]).json() for url in locations)
+    assert stored_obs["subject"]["reference"] == f"Patient/{stored_patient['id']}"
+    offset = _days(stored_patient["birthDate"], "2015-03-04")
+    assert _days(stored_obs["effectiveDateTime"], "2021-06-01") == offset
+    # the Patient came along, so its names are known: the note is kept, scrubbed
+    assert stored_obs["note"][0]["text"] == "*** *** measured, call ***"
+
+
+def test_writes_that_cannot_be_deidentified_are_refused(
+    web: TestClient, sites: dict[str, dict[str, str]], child: dict[str, Any], tag: str
+) -> None:
+    unknown = web.post(
+        "/fhir/Observation", json=_observation(f"Patient/nobody-{tag}", tag), headers=sites["a"]
+    )
+    assert unknown.status_code == 422
+    assert "send the Patient first" in unknown.json()["issue"][0]["diagnostics"]
+    patch = web.patch(
+        f"/fhir/Patient/{child['mrn']}",
+        json=[{"op": "add", "path": "/name", "value": [{"family": "Back"}]}],
+        headers={**sites["a"], "Content-Type": "application/json-patch+json"},
+    )
+    assert patch.status_code == 422
+    conditional = web.post(
+        "/fhir/Patient",
+        json=_child(tag, f"C-{tag}"),
+        headers={**sites["a"], "If-None-Exist": f"identifier={MRN}|C-{tag}"},
+    )
+    assert conditional.status_code == 422
+    related = web.post(
+        "/fhir/RelatedPerson",
+        json={"resourceType": "RelatedPerson", "patient": {"reference": f"Patient/{child['mrn']}"}},
+        headers=sites["a"],
+    )
+    assert related.status_code == 422
+
+
+def test_the_guard_refuses_identified_data_from_anyone(
+    web: TestClient, sites: dict[str, dict[str, str]], tag: str
+) -> None:
+    body = {"resourceType": "Patient", "name": [{"family": f"Guarded{tag}"}]}
+    r = web.post("/fhir/Patient", json=body, headers=sites["admin"])
+    assert r.status_code == 422
+    assert r.json()["issue"][0]["code"] == "security"
+    found = web.get("/fhir/Patient", params={"name": f"Guarded{tag}"}, headers=sites["admin"])
+    assert found.json().get("total", 0) == 0 and not found.json().get("entry")
+    study = data.study(ct=1, mr=0, patient_id=f"RAW-{tag}")
+    r = web.post(
+        "/dicomweb/studies",
+        content=data.multipart([data.part10(ds) for ds in study]),
+        headers={**sites["admin"], "Content-Type": data.stow_type()},
+    )
+    assert r.status_code == 409
+    assert "PatientIdentityRemoved" in r.headers["warning"]
+
+
+def _rows_text(engine: Engine) -> bytes:
+    """Every value of every row of every table in `engine`'s database."""
+    chunks: list[bytes] = []
+    meta = MetaData()
+    meta.reflect(engine)
+    with engine.connect() as conn:
+        for table in meta.sorted_tables:
+            for row in conn.execute(select(table)):
+                for value in row:
+                    if isinstance(value, bytes | memoryview):
+                        chunks.append(bytes(value))
+                    elif value is not None:
+                        chunks.append(str(value).encode())
+    return b"\n".join(chunks)
+
+
+def _stored_text(app: FastAPI) -> bytes:
+    """Every value the platform's database holds, and every blob's bytes."""
+    blob_root = Path(app.state.settings.blob_path())
+    blobs = [p.read_bytes() for p in blob_root.rglob("*") if p.is_file()]
+    return b"\n".join([_rows_text(app.state.database.engine), *blobs])
+
+
+def test_nothing_identifying_is_at_rest(gw_app: FastAPI, child: dict[str, Any], tag: str) -> None:
+    stored = _stored_text(gw_app)
+    for phi in [
+        f"Müller-Lüdenscheidt{tag}",
+        f"Mueller-Luedenscheidt{tag}",
+        f"Kowalski{tag}",
+        child["mrn"],
+        f"B-{tag}",
+        "1234567",
+        "Lindenstra",
+        "2015-03-04",
+    ]:
+        assert phi.encode() not in stored, phi
+
+
+# --- DICOM through the gateway ------------------------------------------------------------
+
+
+def _stow(web: TestClient, headers: dict[str, str], files: list[Any]) -> Any:
+    return web.post(
+        "/dicomweb/studies",
+        content=data.multipart([data.part10(ds) for ds in files]),
+        headers={**headers, "Content-Type": data.stow_type(), "Accept": "application/dicom+json"},
+    )
+
+
+@pytest.fixture(scope="module")
+def stowed(web: TestClient, sites: dict[str, dict[str, str]]) -> dict[str, Any]:
+    corpus = phi_corpus.make_corpus(ct=3, mr=2, size=32)
+    first = _stow(web, sites["a"], list(corpus.files.values()))
+    again = _stow(web, sites["a"], list(phi_corpus.make_corpus(ct=3, mr=2, size=32).files.values()))
+    return {"corpus": corpus, "first": first, "again": again}
+
+
+def _sop_uids(answer: dict[str, Any], tag: str) -> list[str]:
+    return sorted(i["00081155"]["Value"][0] for i in answer.get(tag, {}).get("Value", []))
+
+
+def test_stow_quarantines_burned_in_objects_and_stores_the_rest(stowed: dict[str, Any]) -> None:
+    first = stowed["first"]
+    assert first.status_code == 202, first.text
+    answer = first.json()
+    reasons = [i["00081197"]["Value"][0] for i in answer["00081198"]["Value"]]
+    assert reasons == [0x0124, 0x0124]
+    assert "quarantined" in first.headers["warning"]
+    stored = _sop_uids(answer, "00081199")
+    assert len(stored) == len(stowed["corpus"].files) - 2
+    assert not set(stored) & set(stowed["corpus"].uids)  # every UID remapped
+    assert all(uid.startswith("2.25.") for uid in stored)
+
+
+def test_resending_the_study_gives_the_same_uids_and_stores_nothing_twice(
+    stowed: dict[str, Any],
+) -> None:
+    again = stowed["again"]
+    assert again.status_code == 202, again.text
+    assert _sop_uids(again.json(), "00081199") == _sop_uids(stowed["first"].json(), "00081199")
+
+
+def test_one_pseudonym_across_dicom_and_fhir(
+    web: TestClient, sites: dict[str, dict[str, str]], stowed: dict[str, Any]
+) -> None:
+    study = web.get(
+        "/dicomweb/studies",
+        params={"includefield": "PatientID"},
+        headers={**sites["researcher"], "Accept": "application/dicom+json"},
+    ).json()
+    ids = {s["00100020"]["Value"][0] for s in study}
+    assert all(i.startswith("PRM-") for i in ids)
+    b = phi_corpus.BIRTH_DATE
+    patient = {
+        "resourceType": "Patient",
+        "id": "local-7",
+        "identifier": [{"system": MRN, "value": phi_corpus.PATIENT_ID}],
+        "name": [{"family": phi_corpus.FAMILY, "given": [phi_corpus.GIVEN, phi_corpus.MIDDLE]}],
+        "gender": "male",
+        "birthDate": f"{b[:4]}-{b[4:6]}-{b[6:]}",
+    }
+    r = web.put("/fhir/Patient/local-7", json=patient, headers=sites["a"])
+    assert r.status_code == 201, r.text
+    pseudonym = r.json()["identifier"][0]["value"]
+    assert pseudonym in ids  # the study's PatientID is this Patient's research pseudonym
+    imaging = web.get(
+        "/fhir/ImagingStudy",
+        params={"subject:Patient.identifier": f"{SYSTEM}|{pseudonym}"},
+        headers=sites["researcher"],
+    ).json()
+    assert imaging["entry"], imaging
+    birth = web.get(
+        "/dicomweb/studies",
+        params={"PatientID": pseudonym, "includefield": "PatientBirthDate"},
+        headers={**sites["researcher"], "Accept": "application/dicom+json"},
+    ).json()
+    dicom_birth = birth[0]["00100030"]["Value"][0]
+    assert dicom_birth == r.json()["birthDate"].replace("-", "")  # one offset for both stores
+
+
+def _dates(ds: Any) -> set[str]:
+    """Every DA value and DT date part in `ds`, nested sequences included."""
+    out: set[str] = set()
+    for element in ds.iterall():
+        if element.VR in ("DA", "DT") and element.value:
+            values = element.value if element.VM > 1 else [element.value]
+            out |= {str(v)[:8] for v in values}
+    return out
+
+
+def test_no_phi_in_any_stored_byte(
+    gw_app: FastAPI, stowed: dict[str, Any], sites: dict[str, dict[str, str]], web: TestClient
+) -> None:
+    corpus = stowed["corpus"]
+    phi = list(corpus.phi)
+    # A shifted date may land, by chance, on another original date of the same child (dates
+    # a few days apart, offsets of up to 180 days): that date is then not a leak.
+    stored_birth = web.get(
+        "/dicomweb/studies",
+        params={"includefield": "PatientBirthDate"},
+        headers={**sites["researcher"], "Accept": "application/dicom+json"},
+    ).json()
+    offsets = {
+        (
+            date.fromisoformat(_iso(s["00100030"]["Value"][0]))
+            - date.fromisoformat(_iso(phi_corpus.BIRTH_DATE))
+        ).days
+        for s in stored_birth
+        if "00100030" in s
+    }
+    originals = set().union(*(_dates(ds) for ds in corpus.files.values()))
+    shifted = {
+        f"{date.fromisoformat(_iso(d)) + timedelta(days=o):%Y%m%d}"
+        for d in originals
+        for o in offsets
+        if len(d) == 8
+    }
+    assert offsets
+    phi = [p for p in phi if p not in shifted]
+    assert phi_corpus.leaks(_stored_text(gw_app), phi) == []
+
+
+def _iso(da: str) -> str:
+    return f"{da[:4]}-{da[4:6]}-{da[6:8]}"
+
+
+def test_the_linkage_database_holds_no_names_or_ids(
+    gw_app: FastAPI, stowed: dict[str, Any], child: dict[str, Any], tag: str
+) -> None:
+    engine = gw_app.state.linkage.engine
+    stored = _rows_text(engine)
+    assert stored  # the registrations are there
+    # (names of six letters and more: a shorter one could turn up in random encoding bytes)
+    phi = [phi_corpus.FAMILY, phi_corpus.PATIENT_ID, f"Lüdenscheidt{tag}", child["mrn"]]
+    assert phi_corpus.leaks(stored, [*phi, "2015-03-04", "20150314"]) == []
+
+
+# --- the gateway stand-alone at a hospital's edge -----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def upstream(gw_app: FastAPI) -> Iterator[str]:
+    """The platform served by uvicorn on 127.0.0.1, as the edge gateway's peer."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(gw_app, host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            httpx.get(f"{base}/healthz", timeout=1)
+            break
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    yield base
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def edge(
+    gw_app: FastAPI, upstream: str, tag: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[TestClient, Path]]:
+    key = RSAKey.generate_key(2048, parameters={"kid": uuid.uuid4().hex})
+    jwks = {"keys": [{**key.as_dict(private=False), "alg": "RS384"}]}
+    scope = edge_gateway.SCOPE
+    client, _ = gw_app.state.auth.clients.add("edge", scope, f"E{tag}", jwks=jwks)
+    folder = tmp_path_factory.mktemp("edge")
+    key_file = folder / "key.json"
+    key_file.write_text(json.dumps({**key.as_dict(private=True), "alg": "RS384"}))
+    private, alg = edge_gateway.load_key(key_file)
+    app = edge_gateway.build_app(
+        edge_gateway.Upstream(upstream, client.client_id, private, scope, alg),
+        f"E{tag}",
+        b"test-gateway-key",
+        spool=folder / "spool",
+        quarantine=folder / "quarantine",
+    )
+    with TestClient(app, base_url="http://edge") as test_client:
+        yield test_client, folder / "quarantine"
+
+
+def test_the_edge_forwards_only_pseudonymised_fhir(
+    edge: tuple[TestClient, Path], web: TestClient, sites: dict[str, dict[str, str]], tag: str
+) -> None:
+    client, _ = edge
+    mrn = f"EDGE-{tag}"
+    r = client.put(f"/fhir/Patient/{mrn}", json=_child(tag, mrn))
+    assert r.status_code == 201, r.text
+    stored = web.get(f"/fhir/Patient/{r.json()['id']}", headers=sites["researcher"]).json()
+    assert "name" not in stored and stored["identifier"][0]["system"] == SYSTEM
+    # the same child as site A's (same gateway key, same linkage): the same pseudonym
+    site_a = web.get(
+        "/fhir/Patient",
+        params={"identifier": stored["identifier"][0]["value"]},
+        headers=sites["researcher"],
+    ).json()
+    assert len(site_a["entry"]) >= 2
+    obs = client.put(f"/fhir/Observation/obs-{tag}", json=_observation(f"Patient/{mrn}", tag))
+    assert obs.status_code == 201, obs.text
+    assert obs.json()["subject"]["reference"] == f"Patient/{stored['id']}"
+    refused = client.patch(f"/fhir/Patient/{mrn}", json=[])
+    assert refused.status_code in (405, 422)
+
+
+def test_the_edge_quarantines_locally_and_stows_the_rest(edge: tuple[TestClient, Path]) -> None:
+    client, quarantine = edge
+    corpus = phi_corpus.make_corpus(ct=2, mr=1, size=32, seed=7)
+    r = client.post(
+        "/dicomweb/studies",
+        content=data.multipart([data.part10(ds) for ds in corpus.files.values()]),
+        headers={"Content-Type": data.stow_type(), "Accept": "application/dicom+json"},
+    )
+    assert r.status_code == 202, r.text
+    answer = r.json()
+    assert len(answer["00081199"]["Value"]) == len(corpus.files) - 2
+    assert [i["00081197"]["Value"][0] for i in answer["00081198"]["Value"]] == [0x0124] * 2
+    kept = sorted(quarantine.iterdir())
+    assert len(kept) == 2  # the originals stay at the hospital, for review
+
+
+# --- a curator's merge, carried into both stores ------------------------------------------
+
+
+def test_a_resolved_merge_repoints_fhir_and_dicom(
+    gw_app: FastAPI, web: TestClient, sites: dict[str, dict[str, str]], tag: str
+) -> None:
+    def patient(mrn: str, birth: str, place: bool) -> dict[str, Any]:
+        body = _child(tag, mrn, family="Kowalczyk")
+        body["name"][0]["given"] = ["Anna"]
+        body["birthDate"] = birth
+        if place:
+            body["extension"] = [
+                {
+                    "url": "http://hl7.org/fhir/StructureDefinition/patient-birthPlace",
+                    "valueAddress": {"city": "Kraków"},
+                }
+            ]
+        return body
+
+    a = web.put(
+        f"/fhir/Patient/RA-{tag}", json=patient(f"RA-{tag}", "2016-04-12", True), headers=sites["a"]
+    )
+    b = web.put(
+        f"/fhir/Patient/RB-{tag}",
+        json=patient(f"RB-{tag}", "2016-04-13", False),
+        headers=sites["b"],
+    )
+    assert a.status_code == b.status_code == 201, (a.text, b.text)
+    kept, merged = (r.json()["identifier"][0]["value"] for r in (a, b))
+    assert kept != merged  # a possible match: kept apart until a curator decides
+    study = data.study(ct=2, mr=0, patient_id=f"RB-{tag}", patient_name=f"Kowalczyk{tag}^Anna")
+    for ds in study:
+        ds.PatientBirthDate = "20160413"
+    stow = _stow(web, sites["b"], study)
+    assert stow.status_code == 200, stow.text
+
+    curator = _token(web, gw_app, "primage/identity.review", None)
+    reviews = web.get("/identity/reviews", headers=curator).json()["reviews"]
+    [item] = [r for r in reviews if r["research_pseudonym"] == merged]
+    assert item["candidate_pseudonym"] == kept
+    r = web.post(f"/identity/reviews/{item['id']}", json={"decision": "merge"}, headers=curator)
+    assert r.status_code == 200, r.text
+
+    state = gw_app.state
+    applied = list(
+        relink.sync(
+            state.linkage.changes,
+            state.database.write,
+            state.archive,
+            SYSTEM,
+            "http://testserver/dicomweb",
+        )
+    )
+    assert applied
+    again = web.get(f"/fhir/Patient/{b.json()['id']}", headers=sites["b"]).json()
+    assert again["identifier"] == [{"system": SYSTEM, "value": kept}]
+    assert again["meta"]["versionId"] == "2"  # the old pseudonym stays in its history
+    dicom = {**sites["researcher"], "Accept": "application/dicom+json"}
+    found = web.get("/dicomweb/studies", params={"PatientID": kept}, headers=dicom).json()
+    assert len(found) == 1
+    uid = found[0]["0020000D"]["Value"][0]
+    meta = web.get(f"/dicomweb/studies/{uid}/metadata", headers=dicom).json()
+    assert {m["00100020"]["Value"][0] for m in meta} == {kept}
+    assert (
+        web.get("/dicomweb/studies", params={"PatientID": merged}, headers=dicom).status_code == 204
+    )
+    imaging = web.get(
+        "/fhir/ImagingStudy",
+        params={"subject:Patient.identifier": f"{SYSTEM}|{kept}"},
+        headers=sites["researcher"],
+    ).json()
+    assert any(
+        e["resource"]["identifier"][0]["value"] == f"urn:oid:{uid}" for e in imaging["entry"]
+    )
+    assert (
+        list(
+            relink.sync(
+                state.linkage.changes,
+                state.database.write,
+                state.archive,
+                SYSTEM,
+                "http://testserver/dicomweb",
+            )
+        )
+        == []
+    )  # resumes: nothing left
