@@ -27,7 +27,7 @@ from fhir_server.service import FhirService
 from pseudonymisation.guard import FhirGuard
 from pseudonymisation.linkage import api as linkage_api
 
-from . import blobs, db, gateway
+from . import blobs, db, gateway, relink
 from .audit import AuditTrail
 from .auth import server as auth_server
 from .auth.clients import Clients
@@ -117,8 +117,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(dicomweb_api.build_router(archive, settings.dicomweb_base_url))
     if pseudonymiser is not None and pseudonymiser.linkage is not None:
-        app.include_router(linkage_api.build_router(pseudonymiser.linkage))
-        app.state.linkage = pseudonymiser.linkage
+        linkage = pseudonymiser.linkage
+        app.include_router(linkage_api.build_router(linkage))
+        app.state.linkage = linkage
+        if settings.linkage_sync_interval > 0:
+            dicomweb_base = settings.dicomweb_base_url or "http://127.0.0.1:8080/dicomweb"
+            relinker = relink.Relinker(
+                lambda: relink.sync(
+                    linkage.changes,
+                    database.write,
+                    archive,
+                    settings.dicom_patient_id_system,
+                    dicomweb_base,
+                ),
+                settings.linkage_sync_interval,
+            )
+            app.router.add_event_handler("shutdown", relinker.close)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> Response:

@@ -17,6 +17,8 @@ sync` resumes where it stopped and can run as often as wanted.
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
@@ -33,6 +35,7 @@ from fhir_server.schema import job, resource, search_token
 from pseudonymisation.linkage.service import Change
 
 KIND = "linkage-sync"
+log = logging.getLogger("primage.linkage")
 
 
 def sync(
@@ -114,3 +117,30 @@ def apply(repo: Repository, change: Change, archive: Archive, system: str, base:
             .values(metadata=orjson.dumps(meta))
         )
     archive.sync_studies(repo, study_pks, base)
+
+
+class Relinker:
+    """Runs `sync` every `interval` seconds in the background, so a curator's decision
+    reaches both stores without anyone running the CLI (every worker may run one: applying
+    a change twice finds nothing left to change)."""
+
+    def __init__(self, run: Callable[[], Iterator[Progress]], interval: float) -> None:
+        self._run = run
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="linkage-sync", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                applied = sum(1 for _ in self._run())
+            except Exception:  # the database or the linkage service away: next round
+                log.exception("linkage sync failed")
+                continue
+            if applied:
+                log.info("linkage sync: %d changes applied", applied)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)

@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     linkage_secret: SecretStr | None = None  # pseudonym key; default {data_dir}/linkage.key
     linkage_url: str | None = None  # e.g. https://identity.example.org (its /identity API)
     linkage_token: SecretStr | None = None  # bearer token for linkage_url
+    # How often resolved merges and splits are carried into FHIR and DICOM (0: only by
+    # `primage linkage sync`)
+    linkage_sync_interval: float = 30.0
 
     def linkage_database(self) -> str:
         if self.linkage_database_url is not None:

@@ -74,6 +74,7 @@ def gw_app(
                 "linkage_database_url": SecretStr(linkage_url),
                 "gateway_key": SecretStr("test-gateway-key"),
                 "linkage_secret": SecretStr("test-linkage-secret"),
+                "linkage_sync_interval": 0,  # the merge test runs the sync itself
             }
         )
     )
@@ -642,3 +643,18 @@ def test_a_resolved_merge_repoints_fhir_and_dicom(
         )
         == []
     )  # resumes: nothing left
+
+
+def test_the_relinker_runs_the_sync_until_closed() -> None:
+    runs = threading.Semaphore(0)
+
+    def run() -> Iterator[Any]:
+        runs.release()
+        yield from ()
+
+    relinker = relink.Relinker(run, 0.01)
+    assert runs.acquire(timeout=5) and runs.acquire(timeout=5)  # again and again
+    relinker.close()
+    while runs.acquire(timeout=0.05):  # drain what ran before close
+        pass
+    assert not runs.acquire(timeout=0.1)
