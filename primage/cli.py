@@ -342,22 +342,24 @@ def _load_demo(settings: Settings, dicomweb_base: str) -> None:
     app.state.database.engine.dispose()
 
 
+DEMO_CLIENTS = (  # name, scope, site
+    ("demo-researcher", "system/*.rs", None),
+    ("demo-uploader", "system/*.cruds", None),
+    # a hospital: its writes go through the pseudonymisation gateway
+    ("demo-hospital", "system/*.cruds primage/identity.reidentify", "DEMO-HOSPITAL"),
+)
+
+
 def _demo_clients(registry: Clients, data_dir: Path, dicomweb_base: str) -> None:
-    """Two demo clients (created once; their secrets kept in the data dir for the demo)."""
+    """The demo clients (created once; their secrets kept in the data dir for the demo)."""
     path = data_dir / "demo-clients.json"
-    known = json.loads(path.read_text()) if path.exists() else {}
-    researcher = known.get("demo-researcher", {})
-    if not researcher or registry.get(researcher["client_id"]) is None:
-        made = {}
-        for name, scope in (
-            ("demo-researcher", "system/*.rs"),
-            ("demo-uploader", "system/*.cruds"),
-        ):
-            client, secret = registry.add(name, scope)
+    made = json.loads(path.read_text()) if path.exists() else {}
+    for name, scope, site in DEMO_CLIENTS:
+        if name not in made or registry.get(made[name]["client_id"]) is None:
+            client, secret = registry.add(name, scope, site)
             made[name] = {"client_id": client.client_id, "client_secret": secret, "scope": scope}
-        path.write_text(json.dumps(made, indent=2))
-        path.chmod(0o600)
-    made = json.loads(path.read_text())
+    path.write_text(json.dumps(made, indent=2))
+    path.chmod(0o600)
     root = dicomweb_base.rsplit("/dicomweb", 1)[0]
     researcher = made["demo-researcher"]
     click.echo(f"demo OAuth2 clients (secrets in {path}); get a token with:")

@@ -185,6 +185,26 @@ def test_cli_serve_migrates_loads_demo_and_serves(tmp_path):
         ).json()
         assert linked["total"] == 2  # the demo bundle's own ImagingStudy and the DICOM one
         assert httpx.get(f"{base}/fhir/Patient", headers=auth).json()["total"] == 3
+        hospital = demo["demo-hospital"]  # a site: its writes pass the gateway
+        token = httpx.post(
+            f"{base}/oauth/token",
+            data={"grant_type": "client_credentials", "scope": "system/*.cruds"},
+            auth=(hospital["client_id"], hospital["client_secret"]),
+        ).json()["access_token"]
+        child = {
+            "resourceType": "Patient",
+            "id": "MRN-77",
+            "identifier": [{"system": "urn:oid:1.2.3", "value": "MRN-77"}],
+            "name": [{"family": "Dupont", "given": ["Léa"]}],
+            "birthDate": "2017-05-02",
+            "gender": "female",
+        }
+        stored = httpx.put(
+            f"{base}/fhir/Patient/MRN-77", json=child, headers={"Authorization": f"Bearer {token}"}
+        )
+        assert stored.status_code == 201, stored.text
+        assert "name" not in stored.json()
+        assert stored.json()["identifier"][0]["value"].startswith("PRM-")
     finally:
         proc.send_signal(signal.SIGINT)
         output = proc.communicate(timeout=20)[0].decode()
