@@ -103,8 +103,12 @@ def build_router(archive: Archive, base_url: str | None = None) -> APIRouter:
             try:
                 return await handler(request)
             except DicomWebError as err:
+                actor = _actor(request)
                 study = request.path_params.get("study")
-                archive.record(None, _actor(request), service, err.status, [study] if study else [])
+                # a site's STOW names the study by its original UID: not for the trail
+                masked = archive.gateway is not None and actor is not None and bool(actor.site)
+                studies = [study] if study and not masked else []
+                archive.record(None, actor, service, err.status, studies)
                 raise
 
         return wrapper

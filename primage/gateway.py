@@ -7,6 +7,7 @@ separate one.
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -36,11 +37,25 @@ from .settings import Settings
 
 
 def key_file(path: Path) -> bytes:
-    """A random secret generated once into `path` (mode 600), so every worker shares it."""
+    """A random secret generated once into `path` (mode 600), so every worker shares it.
+
+    Written whole to a file of its own, then linked into place: workers starting together
+    all read the one that got there first (never a half-written or a second key), and the
+    secret is never readable by others, not even for a moment."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(32))
-        path.chmod(0o600)
+        draft = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(32))
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(draft, path)
+        except FileExistsError:
+            pass  # another worker's key is in place: use that one
+        finally:
+            draft.unlink(missing_ok=True)
     return path.read_text().strip().encode()
 
 

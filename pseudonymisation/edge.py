@@ -35,7 +35,7 @@ from dicomweb import instance
 from dicomweb.blobs import FileBlobStore
 from dicomweb.errors import DicomWebError
 from dicomweb.stow import Receiver, boundary_of
-from fhir_server.errors import FhirError, InvalidRequest
+from fhir_server.errors import FhirError, InvalidRequest, Unprocessable
 from fhir_server.interactions import Request as FhirRequest
 from fhir_server.interactions import route
 
@@ -55,6 +55,7 @@ FHIR_JSON = "application/fhir+json"
 DICOM_JSON = "application/dicom+json"
 RELAYED = ("location", "etag", "last-modified", "content-type", "warning")
 BATCH = 32  # instances per upstream STOW request
+WRITES = {"create", "update", "delete", "batch/transaction"}  # what the edge forwards
 
 
 class _Assertion(PrivateKeyJWT):
@@ -129,6 +130,10 @@ def build_app(
     def fhir_write(method: str, path: str, request: FhirRequest) -> Response:
         try:
             where = route(method, path)
+            if where.interaction not in WRITES:  # a POST _search: its body is the site's own
+                raise Unprocessable(
+                    f"The edge gateway forwards writes only, not {where.interaction}"
+                )
             req = fhir.rewrite(request, where.interaction, site)
         except FhirError as err:
             return JSONResponse(err.outcome(), err.status, media_type=FHIR_JSON)
@@ -136,7 +141,7 @@ def build_app(
         sent = upstream.request(
             req.method,
             f"/fhir/{req.path}" if req.path else "/fhir",
-            params=req.params,
+            # no query parameters: a write needs none, and they are the site's own text
             content=orjson.dumps(req.body) if req.body is not None else None,
             headers={
                 "Content-Type": FHIR_JSON,

@@ -28,6 +28,24 @@ from .scrub import Scrubber
 
 _DATE = re.compile(r"^(\d{4})-(\d{2})(?:-(\d{2}))?(T.*)?$")
 _RELATIVE = re.compile(r"^([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
+# Data types recognised by shape wherever they sit (an extension's value, a backbone element):
+# the keys each may carry.
+_HUMAN_NAME = {"id", "extension", "use", "text", "family", "given", "prefix", "suffix", "period"}
+_CONTACT_POINT = {"id", "extension", "system", "value", "use", "rank", "period"}
+_CONTACT_SYSTEMS = {"phone", "fax", "email", "pager", "url", "sms", "other"}
+_IDENTIFIER = {"id", "extension", "use", "type", "system", "value", "period", "assigner"}
+_ATTACHMENT = {
+    "id",
+    "extension",
+    "contentType",
+    "language",
+    "data",
+    "url",
+    "size",
+    "hash",
+    "title",
+    "creation",
+}
 
 
 class Refused(ValueError):
@@ -84,7 +102,10 @@ def shift_date(value: str, days: int) -> str:
     if match is None:
         return value
     year, month, day, rest = match.groups()
-    moved = date(int(year), int(month), int(day or 1)) + timedelta(days=days)
+    try:
+        moved = date(int(year), int(month), int(day or 1)) + timedelta(days=days)
+    except (ValueError, OverflowError):  # 2021-02-30, 2021-13: no date to move, nor to keep
+        raise Refused("A value shaped like a date is not a valid date") from None
     if day is None:
         return f"{moved:%Y-%m}"
     return f"{moved:%Y-%m-%d}{rest or ''}"
@@ -105,14 +126,21 @@ class FhirDeidentifier:
         digest = hmac.new(self._key, f"identifier|{site}|{system}|{value}".encode(), "sha256")
         return base64.b32encode(digest.digest()[:20]).decode().lower()
 
+    def contained_id(self, site: str, id_: str) -> str:
+        """A contained resource's id (and the #id references to it), keyed like the others."""
+        return self.resource_id(site, "#", id_)
+
     def reference(
         self, site: str, ref: str, keep: Callable[[str, str], bool] | None = None
     ) -> str | None:
         """A relative reference mapped like the ids (unless `keep` says it names a platform
-        id already); contained (#) and urn: references as they are; an absolute URL points
-        outside the platform and is dropped."""
-        if ref.startswith(("#", "urn:uuid:", "urn:oid:")):
+        id already); a contained (#id) one mapped like the contained id; urn: references as
+        they are (a Bundle's own); an absolute URL points outside the platform and is
+        dropped."""
+        if ref == "#" or ref.startswith(("urn:uuid:", "urn:oid:")):
             return ref
+        if ref.startswith("#"):
+            return f"#{self.contained_id(site, ref[1:])}"
         match = _RELATIVE.match(ref)
         if match is None:
             return None
@@ -134,8 +162,6 @@ class FhirDeidentifier:
         """A de-identified copy of `resource` (the input is left as it was). `keep(type, id)`
         says a relative reference already names a platform id (one the server assigned)."""
         type_ = resource.get("resourceType", "")
-        if type_ in self.policy.refuse:
-            raise Refused(f"{type_} resources identify people and are not accepted")
         walker = _Walker(self, site, offset_days, scrubber or Scrubber(), keep)
         out = walker.resource(resource)
         if type_ == "Patient":
@@ -174,21 +200,40 @@ class _Walker:
         self.offset = offset if self.policy.dates == "shift" else None
         self.scrub = scrub
 
-    def resource(self, res: dict[str, Any]) -> dict[str, Any]:
+    def resource(
+        self, res: dict[str, Any], *, nested: bool = False, contained: bool = False
+    ) -> dict[str, Any]:
+        """The resource sent, or one inside it (contained, a Parameters' resource)."""
         type_ = res.get("resourceType", "")
+        if type_ in self.policy.refuse:
+            raise Refused(f"{type_} resources are not accepted, contained in another or not")
+        if (nested or contained) and type_ == "Patient":  # no pseudonym, no offset of its own
+            raise Refused(
+                "A Patient inside another resource cannot be pseudonymised: send it on its own"
+            )
         gone = self.policy.remove.get("*", frozenset()) | self.policy.remove.get(type_, frozenset())
         out: dict[str, Any] = {}
         for key, value in res.items():
             if key in gone:
                 continue
             if key == "id" and isinstance(value, str):
-                out[key] = self.deid.resource_id(self.site, type_, value)
+                out[key] = (
+                    self.deid.contained_id(self.site, value)
+                    if contained
+                    else self.deid.resource_id(self.site, type_, value)
+                )
             elif key == "meta" and isinstance(value, dict):
                 meta = {k: v for k, v in value.items() if k not in ("versionId", "lastUpdated")}
                 if meta:
                     out[key] = meta
             elif key == "contained" and isinstance(value, list):
-                out[key] = [self.resource(c) for c in value if isinstance(c, dict)]
+                kept = [
+                    self.resource(c, nested=True, contained=True)
+                    for c in value
+                    if isinstance(c, dict)
+                ]
+                if kept:
+                    out[key] = kept
             else:
                 kept = self.value(key, value, free=False)
                 if kept is not None:
@@ -210,17 +255,47 @@ class _Walker:
         return value
 
     def element(self, key: str, value: dict[str, Any], free: bool) -> Any:
-        if key in ("extension", "modifierExtension") and (
-            value.get("url") in self.policy.remove_extensions
-        ):
+        if key in ("extension", "modifierExtension"):
+            if value.get("url") in self.policy.remove_extensions:
+                return None
+            kept = self.fields(value, free)
+            # an extension whose value went (a name, an address) goes with it
+            return kept if kept and set(kept) - {"url", "id"} else None
+        if "resourceType" in value:  # a resource inside this one: Parameters.parameter.resource
+            return self.resource(value, nested=True)
+        if key == "text" and "div" in value:  # narrative, wherever it sits
             return None
+        shape = set(value)
+        if key == "name" and shape <= _HUMAN_NAME:  # a person's name, wherever it sits
+            return None
+        if shape <= _CONTACT_POINT and value.get("system") in _CONTACT_SYSTEMS:
+            return None  # a phone number, an e-mail address
         if key == "identifier" or key.endswith("Identifier"):
             return self.identifier(value)
+        if isinstance(value.get("value"), str) and shape <= _IDENTIFIER:
+            return self.identifier(value)  # an Identifier by any name (requisition...)
         if "reference" in value or ("display" in value and _looks_like_reference(value)):
             return self.reference(value)
+        if shape <= _ATTACHMENT and ("data" in value or "url" in value):
+            return self.attachment(value, free)
+        return self.fields(value, free)
+
+    def fields(self, value: dict[str, Any], free: bool) -> dict[str, Any] | None:
         out = {}
         for k, v in value.items():
             kept = self.value(k, v, free=free)
+            if kept is not None:
+                out[k] = kept
+        return out or None
+
+    def attachment(self, value: dict[str, Any], free: bool) -> dict[str, Any] | None:
+        """An attachment's content cannot be scrubbed, and its URL and hash point at it:
+        only what describes it stays (type, size, the title as free text, a shifted date)."""
+        out = {}
+        for k, v in value.items():
+            if k in ("data", "url", "hash"):
+                continue
+            kept = self.value(k, v, free=free or k == "title")
             if kept is not None:
                 out[k] = kept
         return out or None
@@ -238,7 +313,7 @@ class _Walker:
             mapped = self.deid.reference(self.site, ref["reference"], self.keep)
             if mapped is not None:
                 out["reference"] = mapped
-        if "identifier" in ref:
+        if isinstance(ref.get("identifier"), dict):
             ident = self.identifier(ref["identifier"])
             if ident is not None:
                 out["identifier"] = ident

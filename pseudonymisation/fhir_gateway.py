@@ -15,7 +15,9 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import re
+import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from fhir_server.errors import InvalidRequest, Unprocessable
@@ -27,6 +29,13 @@ from .identity import Identity
 from .scrub import Scrubber
 
 PATIENT_KEYS = ("subject", "patient", "individual", "beneficiary")
+# The ids the platform gives a site's resources: its own (a UUID, on a POST) or the gateway's
+# keyed hash of the site's id. Only ids of these shapes are looked up as they are: any other
+# id is the site's own, and must not leave the gateway (an edge's lookups are HTTP requests).
+PLATFORM_ID = re.compile(
+    r"^(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[a-z2-7]{32})$"
+)
+_ABSOLUTE_PATIENT = re.compile(r"^[a-z][a-z0-9+.-]*://.*/Patient/[^/]+(?:/_history/[^/]+)?$")
 REFUSED_INTERACTIONS = {
     "patch": "PATCH",
     "conditional-update": "conditional update",
@@ -136,17 +145,17 @@ class FhirGateway:
                     "PATCH is not accepted through the pseudonymisation gateway",
                     (f"Bundle.entry[{i}].request",),
                 )
+        entries = _aliased(entries)
         with_resource = [e for e in entries if isinstance(e.get("resource"), dict)]
         local: dict[str, Patient] = {}  # fullUrl / Patient/id in this Bundle -> its patient
-        done = self._resources([e["resource"] for e in with_resource], site, local, with_resource)
+        done = iter(
+            self._resources([e["resource"] for e in with_resource], site, local, with_resource)
+        )
         out_entries = []
         for entry in entries:
             new = dict(entry)
             if isinstance(entry.get("resource"), dict):
-                new["resource"] = done[with_resource.index(entry)]
-            full_url = entry.get("fullUrl")
-            if isinstance(full_url, str) and not full_url.startswith("urn:"):
-                del new["fullUrl"]
+                new["resource"] = next(done)  # in the order of with_resource
             request = entry.get("request")
             if isinstance(request, dict) and isinstance(request.get("url"), str):
                 new["request"] = {**request, "url": self._path(request["url"], site)}
@@ -184,7 +193,7 @@ class FhirGateway:
         scrubber = Scrubber(scrub_words)
 
         def known(type_: str, id_: str) -> bool:
-            return self._lookup(site, type_, id_) is not None
+            return PLATFORM_ID.match(id_) is not None and self._lookup(site, type_, id_) is not None
 
         for i, res in enumerate(resources):
             patient = patients.get(i) or self._subject(res, site, local)
@@ -202,25 +211,118 @@ class FhirGateway:
         return [r for r in out if r is not None]
 
     def _subject(self, res: dict[str, Any], site: str, local: dict[str, Patient]) -> Patient | None:
+        """The patient `res` is about, whose offset its dates move by: by its subject (patient,
+        individual, beneficiary), else by the one Patient it refers to anywhere. Refused when
+        it is about a patient the gateway cannot place, rather than stored with true dates."""
+        type_ = res.get("resourceType")
         for key in PATIENT_KEYS:
-            ref = (res.get(key) or {}).get("reference") if isinstance(res.get(key), dict) else None
-            if not isinstance(ref, str) or not (ref.startswith(("Patient/", "urn:"))):
+            value = res.get(key)
+            if not isinstance(value, dict):
                 continue
-            if ref in local:
-                return local[ref]
-            type_, _, id_ = ref.partition("/")
-            stored = self._lookup(site, type_, id_) or self._lookup(
-                site, type_, self.deid.resource_id(site, type_, id_)
+            ref = value.get("reference")
+            where = f"{type_}.{key}"
+            if not isinstance(ref, str):
+                if value.get("identifier") is not None and value.get("type") in (None, "Patient"):
+                    raise Unprocessable(
+                        f"{where} names its Patient by identifier only: refer to the Patient "
+                        "(Patient/id, or its fullUrl in the same Bundle)",
+                        (where,),
+                    )
+                continue
+            if ref in local or ref.startswith(("Patient/", "urn:")) or _ABSOLUTE_PATIENT.match(ref):
+                return self._patient(ref, site, local, where)
+        refs = sorted(
+            {r for r in _references(res) if r in local or r.startswith("Patient/")}
+            | {r for r in _references(res) if _ABSOLUTE_PATIENT.match(r)}
+        )
+        if not refs:
+            return None
+        found = {self._patient(r, site, local, str(type_)) for r in refs}
+        if len(found) > 1:
+            raise Unprocessable(
+                f"{type_} refers to more than one Patient: whose dates would it carry?",
+                (str(type_),),
             )
-            pseudonym = _pseudonym_of(stored, self.deid.pseudonym_system) if stored else None
-            if pseudonym is None:
-                raise Unprocessable(
-                    f"{res.get('resourceType')}.{key} refers to a Patient the platform does not "
-                    "hold: send the Patient first (or in the same Bundle)",
-                    (f"{res.get('resourceType')}.{key}",),
-                )
-            return Patient(pseudonym, self.pseudonyms.offset(pseudonym), "known")
-        return None
+        return found.pop()
+
+    def _patient(self, ref: str, site: str, local: dict[str, Patient], where: str) -> Patient:
+        if ref in local:
+            return local[ref]
+        type_, _, id_ = ref.partition("/")
+        if type_ != "Patient" or not id_:  # an outside URL, a urn: no entry of the Bundle has
+            raise Unprocessable(
+                f"{where} refers to a Patient the gateway cannot place: use Patient/id, or the "
+                "fullUrl of a Patient in the same Bundle",
+                (where,),
+            )
+        id_ = id_.split("/", 1)[0]
+        stored = self._lookup(site, type_, self.deid.resource_id(site, type_, id_))
+        if stored is None and PLATFORM_ID.match(id_):  # an id the platform gave the site
+            stored = self._lookup(site, type_, id_)
+        pseudonym = _pseudonym_of(stored, self.deid.pseudonym_system) if stored else None
+        if pseudonym is None:
+            raise Unprocessable(
+                f"{where} refers to a Patient the platform does not hold: send the Patient "
+                "first (or in the same Bundle)",
+                (where,),
+            )
+        return Patient(pseudonym, self.pseudonyms.offset(pseudonym), "known")
+
+
+def _references(node: Any) -> Iterator[str]:
+    """Every Reference.reference in `node`, contained resources aside (they are refused if a
+    Patient, and their own references are the container's)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "reference" and isinstance(value, str):
+                yield value
+            elif key != "contained":
+                yield from _references(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _references(value)
+
+
+def _aliased(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A Bundle whose entries use absolute fullUrls (http://ehr/fhir/Patient/1, the usual
+    export) with references to them, made one that uses urn:uuid: fullUrls: the absolute
+    URL would point at the site and be dropped, and the entries would lose their links and
+    their patient's date offset. A relative Type/id naming such an entry goes the same way."""
+    aliases: dict[str, str] = {}
+    for entry in entries:
+        full_url = entry.get("fullUrl")
+        if not isinstance(full_url, str) or full_url.startswith("urn:"):
+            continue
+        alias = f"urn:uuid:{uuid.uuid4()}"
+        aliases[full_url] = alias
+        resource = entry.get("resource")
+        tail = "/".join(full_url.rstrip("/").split("/")[-2:])
+        if isinstance(resource, dict) and tail.startswith(f"{resource.get('resourceType')}/"):
+            aliases.setdefault(tail, alias)
+    if not aliases:
+        return entries
+    out = []
+    for entry in entries:
+        new = dict(entry)
+        if isinstance(entry.get("fullUrl"), str) and entry["fullUrl"] in aliases:
+            new["fullUrl"] = aliases[entry["fullUrl"]]
+        if isinstance(entry.get("resource"), dict):
+            new["resource"] = _realias(entry["resource"], aliases)
+        out.append(new)
+    return out
+
+
+def _realias(node: Any, aliases: dict[str, str]) -> Any:
+    if isinstance(node, dict):
+        return {
+            k: aliases.get(v, v)
+            if k == "reference" and isinstance(v, str)
+            else _realias(v, aliases)
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_realias(v, aliases) for v in node]
+    return node
 
 
 def _pseudonym_of(resource: dict[str, Any], system: str) -> str | None:

@@ -21,15 +21,23 @@ class FhirGuard:
     def __init__(self, pseudonym_system: str) -> None:
         self.pseudonym_system = pseudonym_system
 
-    def __call__(self, resource: dict[str, Any]) -> None:
+    def __call__(self, resource: dict[str, Any], path: str | None = None) -> None:
+        """`path`: where a contained resource sits (Observation.contained[0])."""
         type_ = resource.get("resourceType")
+        path = path or str(type_)
         if type_ in REFUSED_TYPES:
-            raise Unprocessable(f"{type_} resources identify people: not stored", code="security")
+            raise Unprocessable(
+                f"{type_} resources identify people: not stored", (path,), code="security"
+            )
+        contained = resource.get("contained")
+        for i, inner in enumerate(contained if isinstance(contained, list) else []):
+            if isinstance(inner, dict):  # a Patient or RelatedPerson inside another resource
+                self(inner, f"{path}.contained[{i}]")
         if type_ != "Patient":
             return
-        found = [f"Patient.{k}" for k in PATIENT_DIRECT if resource.get(k)]
+        found = [f"{path}.{k}" for k in PATIENT_DIRECT if resource.get(k)]
         found += [
-            f"Patient.identifier[{i}]"
+            f"{path}.identifier[{i}]"
             for i, ident in enumerate(resource.get("identifier") or [])
             if not isinstance(ident, dict) or ident.get("system") != self.pseudonym_system
         ]

@@ -30,11 +30,10 @@ def fold(text: str) -> str:
 
 class Scrubber:
     def __init__(self, identifiers: Iterable[str] = ()) -> None:
-        words = sorted(
-            {fold(w) for i in identifiers for w in re.split(r"[\s^,]+", i) if len(w) >= 2},
-            key=len,
-            reverse=True,
-        )
+        # each word, and each part of a double name (Müller-Lüdenscheidt: Müller alone too)
+        parts = [w for i in identifiers for w in re.split(r"[\s^,]+", i)]
+        parts += [p for w in parts if "-" in w for p in w.split("-") if p.isalpha()]
+        words = sorted({fold(w) for w in parts if len(w) >= 2}, key=len, reverse=True)
         pattern = "|".join([*_PATTERNS, *(rf"\b{re.escape(w)}\b" for w in words)])
         self._regex = re.compile(pattern, re.IGNORECASE)
         self.knows_names = bool(words)

@@ -96,7 +96,7 @@ def test_references_ids_and_identifiers_are_keyed_per_site(deid: FhirDeidentifie
     assert a["hasMember"] == [
         {"reference": f"Observation/{deid.resource_id('s1', 'Observation', 'o2')}"}
     ]
-    assert a["derivedFrom"] == [{"reference": "#contained-1"}]
+    assert a["derivedFrom"] == [{"reference": f"#{deid.contained_id('s1', 'contained-1')}"}]
     assert a["identifier"][0]["system"] == "urn:acc"
     assert a["identifier"][0]["value"] not in json.dumps(obs)
     assert "assigner" not in a["identifier"][0]
@@ -137,6 +137,103 @@ def test_refused_types(deid: FhirDeidentifier) -> None:
         deid.deidentify({"resourceType": "RelatedPerson"}, site="s", offset_days=None)
 
 
+def test_contained_resources_keep_their_links_and_lose_what_identifies(
+    deid: FhirDeidentifier,
+) -> None:
+    obs = {
+        "resourceType": "Observation",
+        "contained": [
+            {
+                "resourceType": "Practitioner",
+                "id": "pr1",
+                "name": [{"family": "Pérez"}],
+                "text": {"status": "generated", "div": "<div>Dr Pérez</div>"},
+            }
+        ],
+        "performer": [{"reference": "#pr1"}],
+    }
+    out = deid.deidentify(obs, site="s", offset_days=3)
+    assert out["contained"] == [{"resourceType": "Practitioner", "id": out["contained"][0]["id"]}]
+    assert out["performer"] == [{"reference": f"#{out['contained'][0]['id']}"}]  # still resolves
+    for refused in (
+        {"resourceType": "RelatedPerson", "id": "rp", "name": [{"family": "García"}]},
+        {"resourceType": "Patient", "id": "p", "birthDate": "2016-01-20"},  # no offset of its own
+    ):
+        with pytest.raises(Refused):
+            deid.deidentify(
+                {"resourceType": "Observation", "contained": [refused]}, site="s", offset_days=3
+            )
+    with pytest.raises(Refused):  # any resource inside another one
+        deid.deidentify(
+            {"resourceType": "Parameters", "parameter": [{"name": "p", "resource": refused}]},
+            site="s",
+            offset_days=3,
+        )
+
+
+def test_people_and_documents_are_found_by_shape_wherever_they_sit(
+    deid: FhirDeidentifier,
+) -> None:
+    doc = {
+        "resourceType": "DocumentReference",
+        "status": "current",
+        "extension": [
+            {"url": "urn:x:mother", "valueHumanName": {"family": "García", "given": ["Rosa"]}},
+            {"url": "urn:x:home", "valueAddress": {"line": ["Calle Mayor 1"]}},
+            {"url": "urn:x:tel", "valueContactPoint": {"system": "phone", "value": "961234567"}},
+            {"url": "urn:x:ok", "valueCode": "a"},
+        ],
+        "content": [
+            {
+                "attachment": {
+                    "contentType": "application/pdf",
+                    "data": "QW5hIEdhcmPDrWE=",
+                    "url": "https://ehr.example/docs/ana-garcia.pdf",
+                    "hash": "2jmj7l5rSw0yVb/vlWAYkK/YBwk=",
+                    "title": "Report for Ana García",
+                    "creation": "2021-01-01",
+                }
+            }
+        ],
+        "context": {
+            "related": [{"identifier": {"system": "urn:acc", "value": "ACC-1"}}],
+            "sourcePatientInfo": {"display": "Ana García"},
+        },
+        "section": {"text": {"status": "generated", "div": "<div>Ana García</div>"}},
+    }
+    out = deid.deidentify(doc, site="s", offset_days=2, scrubber=Scrubber(["Ana García"]))
+    assert out["extension"] == [{"url": "urn:x:ok", "valueCode": "a"}]
+    assert out["content"] == [
+        {
+            "attachment": {
+                "contentType": "application/pdf",
+                "title": "Report for *** ***",
+                "creation": "2021-01-03",
+            }
+        }
+    ]
+    assert "section" not in out and "sourcePatientInfo" not in out["context"]
+    request = deid.deidentify(
+        {"resourceType": "ServiceRequest", "requisition": {"system": "urn:acc", "value": "A-7"}},
+        site="s",
+        offset_days=None,
+    )
+    assert request["requisition"]["value"] == deid.identifier_value("s", "urn:acc", "A-7")
+    coverage = deid.deidentify(
+        {"resourceType": "Coverage", "subscriberId": "INS-998877"}, site="s", offset_days=None
+    )
+    assert "subscriberId" not in coverage
+
+
+def test_a_malformed_date_is_refused_not_a_server_error(deid: FhirDeidentifier) -> None:
+    with pytest.raises(Refused):
+        deid.deidentify(
+            {"resourceType": "Observation", "effectiveDateTime": "2021-02-30"},
+            site="s",
+            offset_days=4,
+        )
+
+
 def test_policy_values_are_checked(tmp_path: Any) -> None:
     shipped = resources.files("pseudonymisation").joinpath("data/fhir_policy.json")
     raw = json.loads(shipped.read_text())
@@ -152,3 +249,8 @@ def test_scrubber_folds_case_and_diacritics() -> None:
     assert scrub.clean("MULLER, zoe: Müller") == "***, ***: ***"
     assert scrub.clean("Mullerova is someone else") == "Mullerova is someone else"
     assert Scrubber().clean("born 2015-03-04") == "born ***"
+
+
+def test_scrubber_takes_each_part_of_a_double_name() -> None:
+    scrub = Scrubber(["Müller-Lüdenscheidt^Anna-Lena", "MRN-77"])
+    assert scrub.clean("Frau Müller (Anna), 77 mm, MRN-77") == "Frau *** (***), 77 mm, ***"

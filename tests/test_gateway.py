@@ -23,10 +23,14 @@ from pydantic import SecretStr
 from sqlalchemy import Engine, MetaData, select
 from starlette.testclient import TestClient
 
-from primage import db, relink
+from fhir_server.interactions import Request as FhirRequest
+from primage import db, gateway, relink
 from primage.app import create_app
 from primage.settings import Settings
 from pseudonymisation import edge as edge_gateway
+from pseudonymisation.fhir_deid import FhirDeidentifier, FhirPolicy
+from pseudonymisation.fhir_gateway import FhirGateway
+from pseudonymisation.gateway import Pseudonyms
 from tests import dicom_data as data
 from tests import phi_corpus
 from tests.conftest import _postgres_url
@@ -292,6 +296,114 @@ def test_the_guard_refuses_identified_data_from_anyone(
     assert "PatientIdentityRemoved" in r.headers["warning"]
 
 
+def test_a_transaction_with_absolute_full_urls_keeps_links_and_offsets(
+    web: TestClient, sites: dict[str, dict[str, str]], tag: str
+) -> None:
+    """The usual EHR export: absolute fullUrls, and references to them."""
+    mrn = f"ABS-{tag}"
+    base = "https://ehr.example/fhir"
+    observation = _observation(f"{base}/Patient/{mrn}", tag)
+    del observation["id"], observation["note"]  # (about another child)
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": f"{base}/Patient/{mrn}",
+                "resource": _child(tag, mrn, family="Nowak"),
+                "request": {"method": "PUT", "url": f"Patient/{mrn}"},
+            },
+            {
+                "fullUrl": f"{base}/Observation/o-{tag}",
+                "resource": observation,
+                "request": {"method": "POST", "url": "Observation"},
+            },
+        ],
+    }
+    r = web.post("/fhir", json=bundle, headers=sites["a"])
+    assert r.status_code == 200, r.text
+    locations = [e["response"]["location"] for e in r.json()["entry"]]
+    stored_patient, stored_obs = (web.get(url, headers=sites["a"]).json() for url in locations)
+    assert stored_obs["subject"] == {"reference": f"Patient/{stored_patient['id']}"}
+    offset = _days(stored_patient["birthDate"], "2015-03-04")
+    assert _days(stored_obs["effectiveDateTime"], "2021-06-01") == offset
+
+
+def test_a_resource_about_a_patient_is_shifted_or_refused_never_stored_with_true_dates(
+    web: TestClient, sites: dict[str, dict[str, str]], child: dict[str, Any], tag: str
+) -> None:
+    outside = _observation(f"https://ehr.example/fhir/Patient/{child['mrn']}", tag)
+    r = web.put(f"/fhir/Observation/abs-{tag}", json=outside, headers=sites["a"])
+    assert r.status_code == 422, r.text
+    by_identifier = _observation("Patient/x", tag)
+    by_identifier["subject"] = {"identifier": {"system": MRN, "value": child["mrn"]}}
+    r = web.put(f"/fhir/Observation/ident-{tag}", json=by_identifier, headers=sites["a"])
+    assert r.status_code == 422, r.text
+    appointment = {  # its patient is a participant, not a subject
+        "resourceType": "Appointment",
+        "id": f"appt-{tag}",
+        "status": "booked",
+        "start": "2021-06-01T10:30:00Z",
+        "end": "2021-06-01T11:00:00Z",
+        "participant": [{"actor": {"reference": f"Patient/{child['mrn']}"}, "status": "accepted"}],
+    }
+    r = web.put(f"/fhir/Appointment/appt-{tag}", json=appointment, headers=sites["a"])
+    assert r.status_code == 201, r.text
+    offset = _days(child["patient"]["birthDate"], "2015-03-04")
+    assert _days(r.json()["start"], "2021-06-01") == offset
+
+
+def test_the_gateway_looks_up_no_id_of_the_site_own(child: dict[str, Any]) -> None:
+    """At the edge a lookup is an HTTP request to the platform: the site's ids (MRNs) stay."""
+    deid = FhirDeidentifier(FhirPolicy.load(), b"k" * 32, SYSTEM)
+    asked: list[str] = []
+    mapped = deid.resource_id("s", "Patient", "MRN-4711")
+
+    def lookup(site: str, type_: str, id_: str) -> dict[str, Any] | None:
+        asked.append(id_)
+        return {"identifier": [{"system": SYSTEM, "value": "PRM-X"}]} if id_ == mapped else None
+
+    gateway = FhirGateway(Pseudonyms(None, b"k" * 32), deid, lookup)  # type: ignore[arg-type]
+    body = _observation("Patient/MRN-4711", "t")
+    body["derivedFrom"] = [{"reference": "Observation/LOCAL-99"}]
+    out = gateway.rewrite(FhirRequest("PUT", "Observation/obs-1", body=body), "update", "s").body
+    assert out["subject"] == {"reference": f"Patient/{mapped}"}
+    assert asked and not {"MRN-4711", "LOCAL-99"} & set(asked)
+
+
+def test_the_guard_looks_inside_contained_resources(
+    web: TestClient, sites: dict[str, dict[str, str]], tag: str
+) -> None:
+    for inner in (
+        {"resourceType": "Patient", "id": "p", "name": [{"family": f"Inside{tag}"}]},
+        {"resourceType": "RelatedPerson", "id": "p", "patient": {"reference": "Patient/x"}},
+    ):
+        body = {
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"text": "x"},
+            "contained": [inner],
+            "subject": {"reference": "#p"},
+        }
+        r = web.post("/fhir/Observation", json=body, headers=sites["admin"])
+        assert r.status_code == 422, r.text
+        assert r.json()["issue"][0]["code"] == "security"
+
+
+def test_a_refused_stow_keeps_the_original_study_uid_out_of_the_trail(
+    gw_app: FastAPI, web: TestClient, sites: dict[str, dict[str, str]]
+) -> None:
+    original = f"1.2.826.0.1.3680043.9.7777.{uuid.uuid4().int % 10**12}"
+    r = web.post(
+        f"/dicomweb/studies/{original}",
+        content=b"not multipart",
+        headers={**sites["a"], "Content-Type": "application/dicom"},
+    )
+    assert 400 <= r.status_code < 500
+    gw_app.state.audit.flush()
+    assert original.encode() not in _stored_text(gw_app)
+
+
 def _rows_text(engine: Engine) -> bytes:
     """Every value of every row of every table in `engine`'s database."""
     chunks: list[bytes] = []
@@ -541,6 +653,14 @@ def test_the_edge_forwards_only_pseudonymised_fhir(
     assert refused.status_code in (405, 422)
 
 
+def test_the_edge_forwards_no_search(edge: tuple[TestClient, Path], tag: str) -> None:
+    """A POST _search carries the site's own criteria (a name, an MRN): it stays local."""
+    client, _ = edge
+    r = client.post("/fhir/Patient/_search", json={"name": f"Müller{tag}"})
+    assert r.status_code == 422, r.text
+    assert "writes only" in r.json()["issue"][0]["diagnostics"]
+
+
 def test_the_edge_quarantines_locally_and_stows_the_rest(edge: tuple[TestClient, Path]) -> None:
     client, quarantine = edge
     corpus = phi_corpus.make_corpus(ct=2, mr=1, size=32, seed=7)
@@ -658,3 +778,22 @@ def test_the_relinker_runs_the_sync_until_closed() -> None:
     while runs.acquire(timeout=0.05):  # drain what ran before close
         pass
     assert not runs.acquire(timeout=0.1)
+
+
+def test_workers_starting_together_share_one_gateway_key(tmp_path: Path) -> None:
+    path = tmp_path / "keys" / "gateway.key"
+    start = threading.Barrier(8)
+    keys: list[bytes] = []
+
+    def worker() -> None:
+        start.wait()
+        keys.append(gateway.key_file(path))
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(keys)) == 1 and keys[0]
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in path.parent.iterdir()] == ["gateway.key"]
