@@ -120,17 +120,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         linkage = pseudonymiser.linkage
         app.include_router(linkage_api.build_router(linkage))
         app.state.linkage = linkage
+        relinking = relink.Relink(
+            database.write,
+            archive,
+            settings.dicom_patient_id_system,
+            settings.dicomweb_base_url or "http://127.0.0.1:8080/dicomweb",
+            delta=pseudonymiser.date_delta,
+            exempt=pseudonymiser.fhir.deid.policy.date_exempt,
+        )
+        app.state.relink = relinking
         if settings.linkage_sync_interval > 0:
-            dicomweb_base = settings.dicomweb_base_url or "http://127.0.0.1:8080/dicomweb"
             relinker = relink.Relinker(
-                lambda: relink.sync(
-                    linkage.changes,
-                    database.write,
-                    archive,
-                    settings.dicom_patient_id_system,
-                    dicomweb_base,
-                ),
-                settings.linkage_sync_interval,
+                lambda: relinking.sync(linkage.changes), settings.linkage_sync_interval
             )
             app.router.add_event_handler("shutdown", relinker.close)
 

@@ -280,18 +280,11 @@ def _linkage_app() -> object:
 @click.option("--base", default="http://127.0.0.1:8080/dicomweb", show_default=True)
 def linkage_sync(base: str) -> None:
     """Carry resolved merges and splits into the platform's FHIR and DICOM stores."""
-    from .relink import sync
-
     app = _linkage_app()
     state = app.state  # type: ignore[attr-defined]
-    steps = sync(
-        state.linkage.changes,
-        state.database.write,
-        state.archive,
-        state.settings.dicom_patient_id_system,
-        state.settings.dicomweb_base_url or base,
-    )
-    applied = sum(1 for _ in steps)
+    if not state.settings.dicomweb_base_url:
+        state.relink.base = base
+    applied = sum(1 for _ in state.relink.sync(state.linkage.changes))
     click.echo(f"applied {applied} linkage changes")
 
 

@@ -26,7 +26,7 @@ from pseudonymisation.dicom_deid import Quarantined
 from pseudonymisation.dicom_gateway import DicomGateway
 from pseudonymisation.fhir_deid import FhirDeidentifier, FhirPolicy
 from pseudonymisation.fhir_gateway import FhirGateway, Lookup
-from pseudonymisation.gateway import Pseudonyms
+from pseudonymisation.gateway import LinkageUnavailable, Pseudonyms
 from pseudonymisation.guard import dicom_identity_removed
 from pseudonymisation.linkage.client import HttpLinkage, Linkage, LocalLinkage
 from pseudonymisation.linkage.schema import create_schema
@@ -67,6 +67,10 @@ class Gateway:
     linkage: LinkageService | None  # in-process, with its /identity routes
     linkage_engine: Engine | None
 
+    def date_delta(self, old: str, new: str) -> int:
+        """Days that move data shifted for pseudonym `old` to the offset of `new`."""
+        return self.pseudonyms.offset(new) - self.pseudonyms.offset(old)
+
     def dicom_transform(self, site: str) -> Transform:
         """The archive's per-site transformation: quarantines become STOW failures."""
 
@@ -75,6 +79,8 @@ class Gateway:
                 return self.dicom.deidentify(ds, site)
             except Quarantined as exc:
                 raise Failure(Failure.NOT_AUTHORIZED, f"quarantined: {exc.reason}") from None
+            except LinkageUnavailable as exc:  # nothing stored: the site sends it again
+                raise Failure(Failure.OUT_OF_RESOURCES, str(exc)) from None
 
         return transform
 

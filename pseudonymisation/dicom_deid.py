@@ -236,6 +236,11 @@ def _shift_da(value: str, days: int) -> str:
     return f"{moved:%Y%m%d}"[: len(value[:8])]
 
 
+def shift_dicom_date(value: str, days: int) -> str:
+    """A DA or DT value moved by `days` (DT: time, fraction and UTC offset kept)."""
+    return _shift_dt(value, days)
+
+
 def _shift_dt(value: str, days: int) -> str:
     """The date part moved; time, fraction and UTC offset kept."""
     digits = 0

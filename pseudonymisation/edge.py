@@ -35,7 +35,7 @@ from dicomweb import instance
 from dicomweb.blobs import FileBlobStore
 from dicomweb.errors import DicomWebError
 from dicomweb.stow import Receiver, boundary_of
-from fhir_server.errors import FhirError, InvalidRequest, Unprocessable
+from fhir_server.errors import FhirError, InvalidRequest, Issue, Unprocessable, operation_outcome
 from fhir_server.interactions import Request as FhirRequest
 from fhir_server.interactions import route
 
@@ -43,7 +43,7 @@ from .dicom_deid import Quarantined
 from .dicom_gateway import DicomGateway
 from .fhir_deid import FhirDeidentifier, FhirPolicy
 from .fhir_gateway import FhirGateway
-from .gateway import Pseudonyms
+from .gateway import LinkageUnavailable, Pseudonyms
 from .linkage.client import HttpLinkage
 
 # What the edge's OAuth2 client asks for: writes, reads of its own (to resolve references),
@@ -135,20 +135,26 @@ def build_app(
                     f"The edge gateway forwards writes only, not {where.interaction}"
                 )
             req = fhir.rewrite(request, where.interaction, site)
+            prefer = request.header("prefer")
+            sent = upstream.request(
+                req.method,
+                f"/fhir/{req.path}" if req.path else "/fhir",
+                # no query parameters: a write needs none, and they are the site's own text
+                content=orjson.dumps(req.body) if req.body is not None else None,
+                headers={
+                    "Content-Type": FHIR_JSON,
+                    "Accept": FHIR_JSON,
+                    **({"Prefer": prefer} if prefer else {}),
+                },
+            )
         except FhirError as err:
             return JSONResponse(err.outcome(), err.status, media_type=FHIR_JSON)
-        prefer = request.header("prefer")
-        sent = upstream.request(
-            req.method,
-            f"/fhir/{req.path}" if req.path else "/fhir",
-            # no query parameters: a write needs none, and they are the site's own text
-            content=orjson.dumps(req.body) if req.body is not None else None,
-            headers={
-                "Content-Type": FHIR_JSON,
-                "Accept": FHIR_JSON,
-                **({"Prefer": prefer} if prefer else {}),
-            },
-        )
+        except httpx.HTTPError as exc:
+            log.error("the platform is unreachable (%s)", type(exc).__name__)
+            outcome = operation_outcome(
+                [Issue("error", "transient", "The platform is unreachable")]
+            )
+            return JSONResponse(outcome, 502, media_type=FHIR_JSON)
         return _relay(sent)
 
     @app.api_route("/fhir", methods=["POST"])
@@ -206,33 +212,46 @@ def _forward(
     response for the whole request (the upstream's answers, plus local refusals)."""
     referenced: list[Any] = []
     failed: list[Any] = []
-    batch: list[bytes] = []
+    batch: list[tuple[bytes, str, str]] = []  # de-identified Part 10, SOP class, SOP instance
     warnings: list[str] = []
 
     def send() -> None:
+        """One upstream STOW; if it fails as a whole, each of its instances is reported
+        failed (0xA700), so the hospital knows exactly what to send again."""
         boundary = uuid.uuid4().hex
-        r = upstream.request(
-            "POST",
-            "/dicomweb/studies",
-            content=b"".join(_multipart(batch, boundary)),
-            headers={
-                "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
-                "Accept": DICOM_JSON,
-            },
-        )
+        try:
+            r = upstream.request(
+                "POST",
+                "/dicomweb/studies",
+                content=b"".join(_multipart([body for body, _, _ in batch], boundary)),
+                headers={
+                    "Content-Type": f'multipart/related; type="application/dicom"; '
+                    f"boundary={boundary}",
+                    "Accept": DICOM_JSON,
+                },
+            )
+            if r.status_code not in (200, 202, 409) or not r.content:
+                raise DicomWebError(502, f"upstream STOW answered {r.status_code}")
+            answer = r.json()
+        except (httpx.HTTPError, DicomWebError, ValueError) as exc:
+            log.error("upstream STOW failed (%s) for %d instances", type(exc).__name__, len(batch))
+            failed.extend(_failure(c, u, 0xA700) for _, c, u in batch)
+            warnings.append('299 primage-edge "the platform did not store a batch; send again"')
+        else:
+            referenced.extend(answer.get("00081199", {}).get("Value", []))
+            failed.extend(answer.get("00081198", {}).get("Value", []))
+            warnings.extend(v for k, v in r.headers.multi_items() if k.lower() == "warning")
         batch.clear()
-        if r.status_code not in (200, 202, 409) or not r.content:
-            raise DicomWebError(502, f"upstream STOW answered {r.status_code}")
-        answer = r.json()
-        referenced.extend(answer.get("00081199", {}).get("Value", []))
-        failed.extend(answer.get("00081198", {}).get("Value", []))
-        warnings.extend(v for k, v in r.headers.multi_items() if k.lower() == "warning")
 
     for path in paths:
+        sop_class = sop = ""
         try:
             ds, _ = instance.read(path)
             sop_class, sop = str(ds.get("SOPClassUID", "")), str(ds.get("SOPInstanceUID", ""))
-            dicom.deidentify(ds, site)
+            ds = dicom.deidentify(ds, site)
+        except LinkageUnavailable:  # no pseudonym, nothing sent: the hospital sends it again
+            failed.append(_failure(sop_class, sop, 0xA700))
+            continue
         except Quarantined as exc:
             kept = quarantine / f"{hashlib.sha256(path.read_bytes()).hexdigest()}.dcm"
             shutil.copyfile(path, kept)
@@ -246,14 +265,11 @@ def _forward(
             continue
         buffer = io.BytesIO()
         dcmwrite(buffer, ds, enforce_file_format=True)
-        batch.append(buffer.getvalue())
+        batch.append((buffer.getvalue(), sop_class, str(ds.SOPInstanceUID)))
         if len(batch) >= BATCH:
             send()
-    try:
-        if batch:
-            send()
-    except DicomWebError as err:
-        return JSONResponse({"error": err.reason}, err.status)
+    if batch:
+        send()
     document: dict[str, Any] = {}
     if referenced:
         document["00081199"] = {"vr": "SQ", "Value": referenced}

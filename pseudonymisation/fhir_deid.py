@@ -111,6 +111,17 @@ def shift_date(value: str, days: int) -> str:
     return f"{moved:%Y-%m-%d}{rest or ''}"
 
 
+def shift_dates(node: Any, days: int, exempt: frozenset[str], key: str = "") -> Any:
+    """`node` (a stored, de-identified resource) with every date moved by `days`."""
+    if isinstance(node, dict):
+        return {k: shift_dates(v, days, exempt, k) for k, v in node.items()}
+    if isinstance(node, list):
+        return [shift_dates(v, days, exempt, key) for v in node]
+    if isinstance(node, str) and key not in exempt and _DATE.match(node):
+        return shift_date(node, days)
+    return node
+
+
 class FhirDeidentifier:
     def __init__(self, policy: FhirPolicy, key: bytes, pseudonym_system: str) -> None:
         self.policy = policy

@@ -20,11 +20,11 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from fhir_server.errors import InvalidRequest, Unprocessable
+from fhir_server.errors import InvalidRequest, Unavailable, Unprocessable
 from fhir_server.interactions import Request
 
 from .fhir_deid import FhirDeidentifier, Refused
-from .gateway import Patient, Pseudonyms
+from .gateway import LinkageUnavailable, Patient, Pseudonyms
 from .identity import Identity
 from .scrub import Scrubber
 
@@ -183,7 +183,10 @@ class FhirGateway:
                     "to be pseudonymised",
                     ("Patient.name", "Patient.identifier"),
                 )
-            patient = self.pseudonyms.patient(site, identity)
+            try:
+                patient = self.pseudonyms.patient(site, identity)
+            except LinkageUnavailable as exc:
+                raise Unavailable(str(exc), retry_after=5) from None
             patients[i] = patient
             scrub_words += _identifying_strings(res)
             if res.get("id"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -20,6 +21,8 @@ from .encoding import encode, local_token, seal_local_id
 from .identity import Identity
 from .linkage.client import Linkage
 
+log = logging.getLogger("primage.gateway")
+
 
 @dataclass(frozen=True, slots=True)
 class Patient:
@@ -28,6 +31,10 @@ class Patient:
     research_pseudonym: str
     offset_days: int
     status: str  # the linkage outcome: new | matched | review | known
+
+
+class LinkageUnavailable(RuntimeError):
+    """No pseudonym could be had: the write must wait (503), never go ahead without one."""
 
 
 def derive(key: bytes, purpose: str) -> bytes:
@@ -66,12 +73,16 @@ class Pseudonyms:
                 return hit[1]
         context_key = self.context_key(site)
         local_id = identity.local_id or ""
-        registration = self.linkage.register(
-            site,
-            encode(identity, self._encoding_key),
-            local_token(context_key, local_id),
-            seal_local_id(context_key, local_id),
-        )
+        try:
+            registration = self.linkage.register(
+                site,
+                encode(identity, self._encoding_key),
+                local_token(context_key, local_id),
+                seal_local_id(context_key, local_id),
+            )
+        except Exception as exc:  # its database or its network away: nothing to store yet
+            log.error("linkage service unavailable (%s)", type(exc).__name__)
+            raise LinkageUnavailable("The linkage service is unavailable; retry") from None
         patient = Patient(
             registration.research_pseudonym,
             self.offset(registration.research_pseudonym),

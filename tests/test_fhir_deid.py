@@ -254,3 +254,17 @@ def test_scrubber_folds_case_and_diacritics() -> None:
 def test_scrubber_takes_each_part_of_a_double_name() -> None:
     scrub = Scrubber(["Müller-Lüdenscheidt^Anna-Lena", "MRN-77"])
     assert scrub.clean("Frau Müller (Anna), 77 mm, MRN-77") == "Frau *** (***), 77 mm, ***"
+
+
+def test_text_below_the_top_is_free_text(deid: FhirDeidentifier) -> None:
+    med = {
+        "resourceType": "MedicationStatement",
+        "status": "active",
+        "medicationCodeableConcept": {"text": "as Dr. Pérez told Ana García"},
+        "dosage": [{"text": "Ana: 5 mg daily"}],
+    }
+    known = deid.deidentify(med, site="s", offset_days=None, scrubber=Scrubber(["García^Ana"]))
+    assert known["medicationCodeableConcept"] == {"text": "as Dr. Pérez told *** ***"}
+    assert known["dosage"] == [{"text": "***: 5 mg daily"}]
+    unknown = deid.deidentify(med, site="s", offset_days=None)
+    assert "medicationCodeableConcept" not in unknown and "dosage" not in unknown

@@ -712,6 +712,12 @@ def test_a_resolved_merge_repoints_fhir_and_dicom(
         ds.PatientBirthDate = "20160413"
     stow = _stow(web, sites["b"], study)
     assert stow.status_code == 200, stow.text
+    obs = web.put(
+        f"/fhir/Observation/RB-obs-{tag}",
+        json={**_observation(f"Patient/RB-{tag}", tag), "id": f"RB-obs-{tag}"},
+        headers=sites["b"],
+    )
+    assert obs.status_code == 201, obs.text
 
     curator = _token(web, gw_app, "primage/identity.review", None)
     reviews = web.get("/identity/reviews", headers=curator).json()["reviews"]
@@ -721,25 +727,23 @@ def test_a_resolved_merge_repoints_fhir_and_dicom(
     assert r.status_code == 200, r.text
 
     state = gw_app.state
-    applied = list(
-        relink.sync(
-            state.linkage.changes,
-            state.database.write,
-            state.archive,
-            SYSTEM,
-            "http://testserver/dicomweb",
-        )
-    )
-    assert applied
+    assert list(state.relink.sync(state.linkage.changes))
     again = web.get(f"/fhir/Patient/{b.json()['id']}", headers=sites["b"]).json()
     assert again["identifier"] == [{"system": SYSTEM, "value": kept}]
     assert again["meta"]["versionId"] == "2"  # the old pseudonym stays in its history
+    # dates move to the surviving person's offset: intervals stay true across the merge
+    offset = _days(a.json()["birthDate"], "2016-04-12")
+    assert _days(again["birthDate"], "2016-04-13") == offset
+    moved = web.get(f"/fhir/Observation/{obs.json()['id']}", headers=sites["b"]).json()
+    assert _days(moved["effectiveDateTime"], "2021-06-01") == offset
     dicom = {**sites["researcher"], "Accept": "application/dicom+json"}
     found = web.get("/dicomweb/studies", params={"PatientID": kept}, headers=dicom).json()
     assert len(found) == 1
     uid = found[0]["0020000D"]["Value"][0]
+    assert _days(_iso(found[0]["00080020"]["Value"][0]), "2024-01-05") == offset
     meta = web.get(f"/dicomweb/studies/{uid}/metadata", headers=dicom).json()
     assert {m["00100020"]["Value"][0] for m in meta} == {kept}
+    assert {m["00080020"]["Value"][0] for m in meta} == {found[0]["00080020"]["Value"][0]}
     assert (
         web.get("/dicomweb/studies", params={"PatientID": merged}, headers=dicom).status_code == 204
     )
@@ -751,18 +755,7 @@ def test_a_resolved_merge_repoints_fhir_and_dicom(
     assert any(
         e["resource"]["identifier"][0]["value"] == f"urn:oid:{uid}" for e in imaging["entry"]
     )
-    assert (
-        list(
-            relink.sync(
-                state.linkage.changes,
-                state.database.write,
-                state.archive,
-                SYSTEM,
-                "http://testserver/dicomweb",
-            )
-        )
-        == []
-    )  # resumes: nothing left
+    assert list(state.relink.sync(state.linkage.changes)) == []  # resumes: nothing left
 
 
 def test_the_relinker_runs_the_sync_until_closed() -> None:
@@ -797,3 +790,38 @@ def test_workers_starting_together_share_one_gateway_key(tmp_path: Path) -> None
     assert len(set(keys)) == 1 and keys[0]
     assert path.stat().st_mode & 0o777 == 0o600
     assert [p.name for p in path.parent.iterdir()] == ["gateway.key"]
+
+
+def test_without_the_linkage_service_writes_wait_and_nothing_is_stored(
+    settings: Settings, tmp_path: Path, tag: str
+) -> None:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    db.upgrade(url)
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    app = create_app(
+        settings.model_copy(
+            update={
+                "database_url": SecretStr(url),
+                "data_dir": tmp_path,
+                "auth_enabled": True,
+                "gateway_enabled": True,
+                "identified_data_guard": True,
+                "linkage_url": dead,
+            }
+        )
+    )
+    with TestClient(app, base_url="http://testserver") as client:
+        site = _token(client, app, "system/*.cruds", f"D{tag}")
+        r = client.put(f"/fhir/Patient/D-{tag}", json=_child(tag, f"D-{tag}"), headers=site)
+        assert r.status_code == 503 and r.headers["retry-after"]
+        assert r.json()["issue"][0]["code"] == "transient"
+        stow = _stow(client, site, data.study(ct=1, mr=0, patient_id=f"D-{tag}"))
+        assert stow.status_code == 409
+        reasons = [i["00081197"]["Value"][0] for i in stow.json()["00081198"]["Value"]]
+        assert reasons == [0xA700]
+        researcher = _token(client, app, "system/*.rs", None)
+        assert client.get("/fhir/Patient", headers=researcher).json()["total"] == 0
+        assert client.get("/dicomweb/studies", headers=researcher).status_code == 204
+    app.state.database.engine.dispose()
