@@ -3,35 +3,16 @@ service, then the Annex E profile applied with that patient's pseudonym and date
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
 
 from .dicom_deid import DicomPlan, Quarantined, check_burned_in, deidentify
 from .gateway import Pseudonyms, derive
 from .identity import Identity
 
 SEX = {"M": "male", "F": "female", "O": "other"}
-# Attributes whose values are this patient's identifiers: what Clean Descriptors scrubs
-# out of free text (descriptions, comments, SR text).
-IDENTIFYING = (
-    "PatientName",
-    "PatientID",
-    "OtherPatientIDs",
-    "OtherPatientNames",
-    "PatientBirthName",
-    "PatientMotherBirthName",
-    "AccessionNumber",
-    "InstitutionName",
-    "InstitutionAddress",
-    "ReferringPhysicianName",
-    "PerformingPhysicianName",
-    "NameOfPhysiciansReadingStudy",
-    "OperatorsName",
-    "PatientAddress",
-    "PatientTelephoneNumbers",
-)
 
 
 def identity_of(ds: Dataset) -> Identity:
@@ -79,20 +60,13 @@ class DicomGateway:
         if not (identity.family or identity.given or identity.local_id):
             raise Quarantined("no patient name or id to pseudonymise")
         patient = self.pseudonyms.patient(site, identity)
-        identifiers: list[str] = []
-        for keyword in IDENTIFYING:
-            value = ds.get(keyword)
-            if value not in (None, ""):
-                many = value if isinstance(value, MultiValue) else [value]
-                identifiers += [str(v) for v in many]
-        plan_args = {
-            "patient_id": patient.research_pseudonym,
-            "patient_name": patient.research_pseudonym if self.patient_name == "pseudonym" else "",
-            "date_offset_days": patient.offset_days,
-            "uid_key": self._uid_key,
-            "identifiers": tuple(identifiers),
-            "birth_date_policy": self.birth_date,
-        }
+        plan = DicomPlan(  # the engine scrubs free text of the object's own names and ids
+            patient_id=patient.research_pseudonym,
+            patient_name=patient.research_pseudonym if self.patient_name == "pseudonym" else "",
+            date_offset_days=patient.offset_days,
+            uid_key=self._uid_key,
+            birth_date_policy=self.birth_date,
+        )
         if self.options is not None:
-            plan_args["options"] = self.options
-        return deidentify(ds, DicomPlan(**plan_args))
+            plan = dataclasses.replace(plan, options=self.options)
+        return deidentify(ds, plan)

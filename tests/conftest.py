@@ -128,6 +128,11 @@ def empty_store(app: FastAPI) -> None:
 @pytest.fixture(scope="session")
 def live_server(app: FastAPI) -> Iterator[str]:
     """The same app served by uvicorn on 127.0.0.1, for clients that open their own sockets."""
+    yield from serving(app)
+
+
+def serving(app: FastAPI) -> Iterator[str]:
+    """Serves `app` with uvicorn on a free port of 127.0.0.1 and yields its base URL."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

@@ -6,8 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import socket
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,7 +14,6 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-import uvicorn
 from authlib.integrations.httpx_client import OAuth2Client
 from authlib.oauth2.rfc7523 import PrivateKeyJWT
 from click.testing import CliRunner
@@ -32,6 +29,7 @@ from primage.auth.server import RateLimit
 from primage.cli import main
 from primage.settings import Settings
 from tests import dicom_data as data
+from tests.conftest import serving
 
 BASE = "http://testserver"
 TOKEN_URL = f"{BASE}/oauth/token"
@@ -578,24 +576,7 @@ def test_included_resources_need_their_own_read_scope(
 
 @pytest.fixture(scope="module")
 def auth_live(auth_app: FastAPI) -> Iterator[str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(auth_app, host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            httpx.get(f"{base}/healthz", timeout=1)
-            break
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    yield base
-    server.should_exit = True
-    thread.join(timeout=10)
+    yield from serving(auth_app)
 
 
 def test_backend_services_flow_with_authlib(auth_live: str, auth_app: FastAPI) -> None:

@@ -7,16 +7,13 @@ from __future__ import annotations
 import json
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from joserfc.jwk import RSAKey
 from pydantic import SecretStr
@@ -33,7 +30,7 @@ from pseudonymisation.fhir_gateway import FhirGateway
 from pseudonymisation.gateway import Pseudonyms
 from tests import dicom_data as data
 from tests import phi_corpus
-from tests.conftest import _postgres_url
+from tests.conftest import _postgres_url, serving
 
 SYSTEM = "https://primage.eu/fhir/NamingSystem/research-pseudonym"
 MRN = "urn:oid:1.2.3.4.5.6"
@@ -587,24 +584,7 @@ def test_the_linkage_database_holds_no_names_or_ids(
 @pytest.fixture(scope="module")
 def upstream(gw_app: FastAPI) -> Iterator[str]:
     """The platform served by uvicorn on 127.0.0.1, as the edge gateway's peer."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(gw_app, host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            httpx.get(f"{base}/healthz", timeout=1)
-            break
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    yield base
-    server.should_exit = True
-    thread.join(timeout=10)
+    yield from serving(gw_app)
 
 
 @pytest.fixture(scope="module")
