@@ -97,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.archive = archive
     app.state.auth = auth
     app.state.audit = trail
+    app.state.pseudonymiser = pseudonymiser
     if auth is not None:
         app.add_middleware(BearerAuth, tokens=auth.tokens, issuer=auth.issuer)
         app.include_router(auth_server.build_router(auth))  # before /fhir/{path}

@@ -98,7 +98,15 @@ def gateway(
         spool=settings.data_dir / "edge-spool",
         quarantine=settings.data_dir / "quarantine",
         system=settings.dicom_patient_id_system,
+        site_key=(
+            settings.gateway_site_key.get_secret_value().encode()
+            if settings.gateway_site_key
+            else None
+        ),
     )
+    if settings.gateway_site_key is None:
+        click.echo("  warning: no PRIMAGE_GATEWAY_SITE_KEY: local ids are sealed with a key the")
+        click.echo("  platform can derive; set one the hospital alone keeps")
     click.echo(f"primage edge gateway for site {site}: http://{host}:{port}/fhir, /dicomweb")
     click.echo(f"  forwarding to {upstream}; quarantine: {settings.data_dir / 'quarantine'}")
     uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower())

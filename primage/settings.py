@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     # Pseudonymisation gateway (in front of every write from a principal with a site)
     gateway_enabled: bool = True
     gateway_key: SecretStr | None = None  # shared by all gateways; default {data_dir}/gateway.key
+    # An edge gateway's own secret for the hospital's local ids (`primage gateway`): only the
+    # hospital can then read a sealed id back, the platform cannot
+    gateway_site_key: SecretStr | None = None
     gateway_date_shift_days: int = 180  # per-person offsets lie in ±[1, this]
     gateway_patient_name: Literal["pseudonym", "empty"] = "pseudonym"  # DICOM PatientName
     gateway_fhir_policy: Path | None = None  # default: pseudonymisation/data/fhir_policy.json

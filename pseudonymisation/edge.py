@@ -41,14 +41,15 @@ from fhir_server.interactions import route
 
 from .dicom_deid import Quarantined
 from .dicom_gateway import DicomGateway
+from .encoding import open_local_id
 from .fhir_deid import FhirDeidentifier, FhirPolicy
 from .fhir_gateway import FhirGateway
 from .gateway import LinkageUnavailable, Pseudonyms
 from .linkage.client import HttpLinkage
 
 # What the edge's OAuth2 client asks for: writes, reads of its own (to resolve references),
-# registration with the linkage service, and the edge-gateway role
-SCOPE = "system/*.cruds primage/identity.register primage/gateway"
+# registration with the linkage service, reading its own ids back, and the edge role
+SCOPE = "system/*.cruds primage/identity.register primage/identity.reidentify primage/gateway"
 
 log = logging.getLogger("primage.edge")
 FHIR_JSON = "application/fhir+json"
@@ -117,8 +118,11 @@ def build_app(
     spool: Path,
     quarantine: Path,
     system: str = "https://primage.eu/fhir/NamingSystem/research-pseudonym",
+    site_key: bytes | None = None,
 ) -> FastAPI:
-    pseudonyms = Pseudonyms(HttpLinkage(upstream.base, upstream.token), key)
+    """`site_key`: the hospital's own secret for its local ids (sealed so only it can read
+    them back); without it they are keyed from the gateway key, which the platform holds."""
+    pseudonyms = Pseudonyms(HttpLinkage(upstream.base, upstream.token), key, site_key=site_key)
     fhir = FhirGateway(
         pseudonyms, FhirDeidentifier(FhirPolicy.load(), key, system), upstream.lookup
     )
@@ -174,6 +178,23 @@ def build_app(
             body,
         )
         return await run_in_threadpool(fhir_write, request.method, path, req)
+
+    @app.post("/identity/reidentify")
+    async def reidentify(request: Request) -> Response:
+        """A pseudonym back to this hospital's own patient id: the platform answers with the
+        sealed id (and audits the call); only this gateway's site key opens it."""
+        try:
+            pseudonym = str(orjson.loads(await request.body())["pseudonym"])
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return JSONResponse({"detail": 'the body must be {"pseudonym": "..."}'}, 400)
+        answer = await run_in_threadpool(
+            upstream.request, "POST", "/identity/reidentify", json={"pseudonym": pseudonym}
+        )
+        if answer.status_code != 200:
+            return _relay(answer)
+        context_key = pseudonyms.context_key(site)
+        local_id = open_local_id(context_key, answer.json()["sealed_local_id"])
+        return JSONResponse({"pseudonym": pseudonym, "local_id": local_id})
 
     @app.post("/dicomweb/studies")
     async def stow(request: Request) -> Response:

@@ -47,11 +47,17 @@ class Pseudonyms:
     a study's thousand instances cost one registration (in memory only, never on disk)."""
 
     def __init__(
-        self, linkage: Linkage, key: bytes, max_shift_days: int = 180, ttl: float = 60.0
+        self,
+        linkage: Linkage,
+        key: bytes,
+        max_shift_days: int = 180,
+        ttl: float = 60.0,
+        site_key: bytes | None = None,
     ) -> None:
         if max_shift_days < 1:
             raise ValueError("max_shift_days must be at least 1")
         self.linkage = linkage
+        self._site_key = site_key
         self._encoding_key = derive(key, "encoding")
         self._offset_key = derive(key, "date-offset")
         self._key = key
@@ -61,7 +67,11 @@ class Pseudonyms:
         self._lock = threading.Lock()
 
     def context_key(self, site: str) -> bytes:
-        """The site's own key for its local ids (sealing, equality tokens)."""
+        """The site's own key for its local ids (sealing, equality tokens): at an edge, a key
+        only the hospital holds, so nobody else can read a sealed id back; in-process (the
+        platform already sees the identity then), one derived from the gateway key."""
+        if self._site_key is not None:
+            return derive(self._site_key, f"context|{site}")
         return derive(self._key, f"context|{site}")
 
     def patient(self, site: str, identity: Identity) -> Patient:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.exceptions import InvalidTag
 from fastapi import FastAPI
 from joserfc.jwk import RSAKey
 from pydantic import SecretStr
@@ -25,6 +26,7 @@ from primage import db, gateway, relink
 from primage.app import create_app
 from primage.settings import Settings
 from pseudonymisation import edge as edge_gateway
+from pseudonymisation.encoding import open_local_id
 from pseudonymisation.fhir_deid import FhirDeidentifier, FhirPolicy
 from pseudonymisation.fhir_gateway import FhirGateway
 from pseudonymisation.gateway import Pseudonyms
@@ -605,6 +607,7 @@ def edge(
         b"test-gateway-key",
         spool=folder / "spool",
         quarantine=folder / "quarantine",
+        site_key=b"kept-at-the-hospital",
     )
     with TestClient(app, base_url="http://edge") as test_client:
         yield test_client, folder / "quarantine"
@@ -631,6 +634,50 @@ def test_the_edge_forwards_only_pseudonymised_fhir(
     assert obs.json()["subject"]["reference"] == f"Patient/{stored['id']}"
     refused = client.patch(f"/fhir/Patient/{mrn}", json=[])
     assert refused.status_code in (405, 422)
+
+
+def test_the_identity_api_needs_a_token_and_its_scopes(
+    web: TestClient, sites: dict[str, dict[str, str]]
+) -> None:
+    for method, path in [
+        ("GET", "/identity/reviews"),
+        ("GET", "/identity/changes"),
+        ("POST", "/identity/registrations"),
+        ("POST", "/identity/reidentify"),
+        ("POST", "/identity/reviews/1"),
+    ]:
+        r = web.request(method, path, json={})
+        assert r.status_code == 401, (method, path, r.status_code)
+        assert r.headers["www-authenticate"].startswith("Bearer")
+        assert web.request(method, path, json={}, headers=sites["a"]).status_code == 403
+
+
+def test_only_the_hospital_reads_its_own_ids_back(
+    edge: tuple[TestClient, Path],
+    gw_app: FastAPI,
+    web: TestClient,
+    sites: dict[str, dict[str, str]],
+    tag: str,
+) -> None:
+    client, _ = edge
+    mrn = f"EDGE-R-{tag}"
+    r = client.put(f"/fhir/Patient/{mrn}", json=_child(tag, mrn, family="Rossi"))
+    assert r.status_code == 201, r.text
+    pseudonym = r.json()["identifier"][0]["value"]
+    back = client.post("/identity/reidentify", json={"pseudonym": pseudonym})
+    assert back.status_code == 200, back.text
+    assert back.json()["local_id"] == mrn
+    # what the platform holds is sealed with the hospital's key: the platform cannot open it
+    sealed = gw_app.state.linkage.reidentify(f"E{tag}", pseudonym, "test")
+    platform_key = gw_app.state.pseudonymiser.pseudonyms.context_key(f"E{tag}")
+    with pytest.raises(InvalidTag):
+        open_local_id(platform_key, sealed)
+    # a child only another site registered is not this hospital's to re-identify
+    elsewhere = web.put(
+        f"/fhir/Patient/X-{tag}", json=_child(tag, f"X-{tag}", family="Nowak"), headers=sites["a"]
+    )
+    other = elsewhere.json()["identifier"][0]["value"]
+    assert client.post("/identity/reidentify", json={"pseudonym": other}).status_code == 403
 
 
 def test_the_edge_forwards_no_search(edge: tuple[TestClient, Path], tag: str) -> None:

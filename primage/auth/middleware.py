@@ -22,7 +22,7 @@ from .scopes import GATEWAY
 from .tokens import InvalidToken, Tokens
 
 log = logging.getLogger("primage.auth")
-PROTECTED = ("/fhir", "/dicomweb")
+PROTECTED = ("/fhir", "/dicomweb", "/identity")
 PUBLIC = {"/fhir/metadata", "/fhir/.well-known/smart-configuration"}
 
 
