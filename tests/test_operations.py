@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 import httpx
+import requests
+from dicomweb_client.api import DICOMwebClient
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from sqlalchemy import func, select
 
@@ -178,6 +180,12 @@ def test_cli_serve_migrates_loads_demo_and_serves(tmp_path):
             f"{base}/dicomweb/studies", params={"PatientID": "PRI-7K3Q-9XW2"}, headers=auth
         )
         assert studies.json()[0]["00201208"]["Value"] == [24]
+        session = requests.Session()  # what imaging tools use (it sends Host without a port)
+        session.headers["Authorization"] = f"Bearer {token}"
+        found = DICOMwebClient(f"{base}/dicomweb", session=session).search_for_studies(
+            search_filters={"PatientID": "PRI-7K3Q-9XW2"}
+        )
+        assert len(found) == 1
         linked = httpx.get(
             f"{base}/fhir/ImagingStudy",
             params={"patient.identifier": "PRI-7K3Q-9XW2"},
