@@ -32,6 +32,7 @@ from pseudonymisation.encoding import open_local_id
 from pseudonymisation.fhir_deid import FhirDeidentifier, FhirPolicy
 from pseudonymisation.fhir_gateway import FhirGateway
 from pseudonymisation.gateway import Pseudonyms, derive
+from pseudonymisation.linkage.service import Change
 from tests import dicom_data as data
 from tests import phi_corpus
 from tests.conftest import _postgres_url, serving
@@ -785,6 +786,19 @@ def test_a_resolved_merge_repoints_fhir_and_dicom(
         e["resource"]["identifier"][0]["value"] == f"urn:oid:{uid}" for e in imaging["entry"]
     )
     assert list(state.relink.sync(state.linkage.changes)) == []  # resumes: nothing left
+
+    # a split (as a curator would decide after re-clustering) moves only that site's data
+    apart = "PRM-TEST-SPLT-0"
+    split = Change(10**9, "split", kept, apart, f"B{tag}", None)
+    with state.database.write() as repo:
+        state.relink.apply(repo, split)
+    site_b = web.get(f"/fhir/Patient/{b.json()['id']}", headers=sites["b"]).json()
+    site_a = web.get(f"/fhir/Patient/{a.json()['id']}", headers=sites["a"]).json()
+    assert site_b["identifier"][0]["value"] == apart
+    assert site_a["identifier"][0]["value"] == kept
+    assert web.get("/dicomweb/studies", params={"PatientID": apart}, headers=dicom).json()[0][
+        "0020000D"
+    ]["Value"] == [uid]
 
 
 def test_the_relinker_runs_the_sync_until_closed() -> None:
