@@ -86,6 +86,15 @@ class Change:
     context_pseudonym: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class _Best:
+    """The best-scoring candidate person for a registration, and its research pseudonym."""
+
+    person: int | None
+    research: str | None
+    score: float
+
+
 class LinkageService:
     def __init__(
         self,
@@ -114,21 +123,27 @@ class LinkageService:
     def register(
         self, context: str, local_token: str, sealed_local_id: str, encoding: Encoding
     ) -> Registration:
-        """Idempotent for the same (context, local token): the second call says `known`."""
+        """Idempotent for the same (context, local token): the second call says `known`.
+
+        Optimistic, for few round trips: nothing is checked before the inserts, whose
+        unique constraints catch a registration already there (then it is read back) and,
+        rarely, a pseudonym already taken (then the registration is redone, checked)."""
         if not context or not local_token or not sealed_local_id:
             raise ValueError("context, local_token and sealed_local_id are required")
-        try:
-            with self.engine.begin() as conn:
-                known = self._known(conn, context, local_token)
-                return known or self._register(
-                    conn, context, local_token, sealed_local_id, encoding
-                )
-        except IntegrityError:  # the same registration, concurrently: it won, we read it
-            with self.engine.connect() as conn:
-                known = self._known(conn, context, local_token)
-            if known is None:
-                raise
-            return known
+        for checked in (False, True):
+            try:
+                with self.engine.begin() as conn:
+                    return self._register(
+                        conn, context, local_token, sealed_local_id, encoding, checked
+                    )
+            except IntegrityError:  # already registered (perhaps concurrently), or a collision
+                with self.engine.connect() as conn:
+                    known = self._known(conn, context, local_token)
+                if known is not None:
+                    return known
+                if checked:
+                    raise
+        raise AssertionError("unreachable")
 
     def _known(self, conn: Connection, context: str, local_token: str) -> Registration | None:
         row = conn.execute(
@@ -139,17 +154,28 @@ class LinkageService:
         return None if row is None else Registration(row[0], row[1], "known")
 
     def _register(
-        self, conn: Connection, context: str, local_token: str, sealed: str, encoding: Encoding
+        self,
+        conn: Connection,
+        context: str,
+        local_token: str,
+        sealed: str,
+        encoding: Encoding,
+        checked: bool,
     ) -> Registration:
-        best_person, best_score = self._best_candidate(conn, context, encoding)
+        best = self._best_candidate(conn, context, encoding)
         now = datetime.now(UTC)
-        if best_person is not None and best_score >= self.thresholds.upper:
-            status, person_id = "matched", best_person
+        if best.person is not None and best.score >= self.thresholds.upper:
+            status, person_id, research = "matched", best.person, best.research
         else:
-            status = "review" if best_score >= self.thresholds.lower else "new"
-            person_id = self._new_person(conn, f"person:{context}:{local_token}", now)
-        context_pseudonym = self._unique(
-            conn, R.c.context_pseudonym, self.context_format, f"context:{context}:{local_token}"
+            status = "review" if best.score >= self.thresholds.lower else "new"
+            seed = f"person:{context}:{local_token}"
+            person_id, research = self._new_person(conn, seed, now, checked)
+        context_pseudonym = self._pseudonym_for(
+            conn,
+            R.c.context_pseudonym,
+            self.context_format,
+            f"context:{context}:{local_token}",
+            checked,
         )
         registration_id = conn.execute(
             insert(R).values(
@@ -167,31 +193,34 @@ class LinkageService:
                 insert(B), [{"key": k, "registration_id": registration_id} for k in encoding.blocks]
             )
         if status == "review":
-            self._file(conn, "match", registration_id, best_person, best_score, now)
+            self._file(conn, "match", registration_id, best.person, best.score, now)
         self._remember(registration_id, encoding)
-        research = conn.execute(select(P.c.research_pseudonym).where(P.c.id == person_id))
-        return Registration(research.scalar_one(), context_pseudonym, status)
+        return Registration(research, context_pseudonym, status)
 
-    def _best_candidate(
-        self, conn: Connection, context: str, encoding: Encoding
-    ) -> tuple[int | None, float]:
-        """The best-scoring person among the blocking candidates, same-context ones excluded."""
+    def _best_candidate(self, conn: Connection, context: str, encoding: Encoding) -> _Best:
+        """The best-scoring person among the blocking candidates, same-context ones excluded.
+
+        Two index lookups (blocking keys, then registrations by primary key) rather than one
+        join: the planner cannot turn them into scans of the whole population, whatever its
+        statistics say; the candidates' encodings come from the cache."""
         if not encoding.blocks:
-            return None, float("-inf")
+            return _Best(None, None, float("-inf"))
+        ids = conn.execute(
+            select(B.c.registration_id).where(B.c.key.in_(encoding.blocks)).distinct()
+        ).scalars()
         rows = conn.execute(
-            select(R.c.id, R.c.person_id, R.c.context)
-            .join(B, B.c.registration_id == R.c.id)
-            .where(B.c.key.in_(encoding.blocks))
-            .distinct()
+            select(R.c.id, R.c.person_id, R.c.context, P.c.research_pseudonym)
+            .join(P, P.c.id == R.c.person_id)
+            .where(R.c.id.in_(list(ids)))
         ).all()
-        barred = {person for _, person, ctx in rows if ctx == context}
-        candidates = [(rid, person) for rid, person, _ in rows if person not in barred]
-        encodings = self._encodings(conn, [rid for rid, _ in candidates])
-        best: tuple[int | None, float] = (None, float("-inf"))
-        for rid, person in candidates:
+        barred = {person for _, person, ctx, _ in rows if ctx == context}
+        candidates = [row for row in rows if row[1] not in barred]
+        encodings = self._encodings(conn, [rid for rid, *_ in candidates])
+        best = _Best(None, None, float("-inf"))
+        for rid, person, _, research in candidates:
             value = score(encoding, encodings[rid], self.weights)
-            if value > best[1]:
-                best = (person, value)
+            if value > best.score:
+                best = _Best(person, research, value)
         return best
 
     def _encodings(self, conn: Connection, ids: Iterable[int]) -> dict[int, Encoding]:
@@ -208,16 +237,24 @@ class LinkageService:
             self._cache.clear()
         self._cache[registration_id] = encoding
 
-    def _new_person(self, conn: Connection, seed: str, now: datetime) -> int:
-        pseudonym = self._unique(conn, P.c.research_pseudonym, self.research_format, seed)
-        return conn.execute(
+    def _new_person(
+        self, conn: Connection, seed: str, now: datetime, checked: bool = True
+    ) -> tuple[int, str]:
+        pseudonym = self._pseudonym_for(
+            conn, P.c.research_pseudonym, self.research_format, seed, checked
+        )
+        person_id = conn.execute(
             insert(P).values(research_pseudonym=pseudonym, created=now)
         ).inserted_primary_key[0]
+        return person_id, pseudonym
 
-    def _unique(self, conn: Connection, column, fmt: PseudonymFormat, seed: str) -> str:
-        """The seed's pseudonym, or on the rare collision that of seed#1, seed#2 ..."""
+    def _pseudonym_for(
+        self, conn: Connection, column, fmt: PseudonymFormat, seed: str, checked: bool
+    ) -> str:
+        """The seed's pseudonym; `checked`, on the rare collision that of seed#1, seed#2 ...
+        (unchecked, a collision surfaces as an IntegrityError at the insert)."""
         candidate, attempt = fmt.make(self.secret, seed), 0
-        while conn.execute(select(column).where(column == candidate)).first() is not None:
+        while checked and conn.execute(select(column).where(column == candidate)).first():
             attempt += 1
             candidate = fmt.make(self.secret, f"{seed}#{attempt}")
         return candidate
@@ -337,7 +374,7 @@ class LinkageService:
         if conn.execute(count).scalar_one() < 2:
             return
         seed = f"split:{reg.context}:{reg.local_token}"
-        person = self._new_person(conn, seed, now)
+        person, _ = self._new_person(conn, seed, now)
         conn.execute(update(R).where(R.c.id == reg.id).values(person_id=person))
         conn.execute(
             insert(CH).values(

@@ -7,6 +7,7 @@ easily confused: twins (same family name and date of birth, another given name, 
 the same sex), namesakes born a few days or months apart, and a few pairs with identical
 quasi-identifiers, which no linkage can tell apart. Each person is registered by one to
 three contexts (sites in their country or trials), never twice by the same context.
+Names come from a few hundred per country (`synthetic_names`), drawn with a realistic skew.
 """
 
 from __future__ import annotations
@@ -17,84 +18,11 @@ from dataclasses import dataclass, replace
 from datetime import date, timedelta
 
 from pseudonymisation.identity import Identity
+from pseudonymisation.linkage.synthetic_names import NAMES
 
-# country: (male given, female given, family, places); names as a clerk would write them
-NAMES = {
-    "DE": (
-        "Jürgen Lukas Felix Jonas Maximilian Paul Leon Elias Noah Ben Finn Jörg Moritz Tim",
-        "Anna Lena Sophie Marie Emilia Hannah Lea Mia Jule Lotte Clara Greta Käthe Frieda",
-        "Müller Schmidt Schneider Fischer Weber Meyer Wagner Becker Schulz Hoffmann Schäfer "
-        "Koch Bauer Richter Klein Wolf Schröder Neumann Schwarz Zimmermann Braun Krüger "
-        "Hofmann Hartmann Lange Schmitt Werner Krause Meier Lehmann Köhler Groß Weiß Jäger",
-        "Berlin München Köln Hamburg Düsseldorf Nürnberg Leipzig",
-    ),
-    "FR": (
-        "Léo Gabriel Raphaël Louis Jules Hugo Arthur Lucas Noé Théo Adam Maël Timothée",
-        "Léa Chloé Inès Manon Camille Zoé Louise Jade Emma Alice Lina Océane Mathilde Anaïs",
-        "Martin Bernard Dubois Thomas Robert Richard Petit Durand Leroy Moreau Simon Laurent "
-        "Lefèvre Michel Garçon Fournier Girard Bonnet Dupont Lambert Fontaine Rousseau "
-        "Vincent Müller Lefebvre Faure André Mercier Blanc Guérin Boyer Chevalier François",
-        "Paris Lyon Marseille Toulouse Nantes Lille Besançon",
-    ),
-    "ES": (
-        "Hugo Martín Lucas Mateo Leo Daniel Alejandro Pablo Álvaro Adrián Iván Íñigo José",
-        "Lucía Sofía Martina María Julia Paula Valeria Emma Daniela Carla Alba Noa Inés Ángela",
-        "García Rodríguez González Fernández López Martínez Sánchez Pérez Gómez Martín "
-        "Jiménez Ruiz Hernández Díaz Moreno Muñoz Álvarez Romero Alonso Gutiérrez Navarro "
-        "Torres Domínguez Vázquez Ramos Gil Ramírez Serrano Blanco Molina Ibáñez Castillo",
-        "Madrid Barcelona Valencia Sevilla Zaragoza Málaga Logroño",
-    ),
-    "IT": (
-        "Leonardo Francesco Alessandro Lorenzo Mattia Andrea Gabriele Riccardo Niccolò Tommaso",
-        "Sofia Giulia Aurora Alice Ginevra Emma Giorgia Greta Beatrice Anna Chiara Martina",
-        "Rossi Russo Ferrari Esposito Bianchi Romano Colombo Ricci Marino Greco Bruno Gallo "
-        "Conti De_Luca Mancini Costa Giordano Rizzo Lombardi Moretti Barbieri Fontana "
-        "Santoro Mariani Rinaldi Caruso Ferrara Galli Martini Leone Longo Gentile Martinelli",
-        "Roma Milano Napoli Torino Palermo Genova Forlì",
-    ),
-    "PL": (
-        "Antoni Jan Jakub Aleksander Franciszek Szymon Filip Mikołaj Wojciech Łukasz Stanisław",
-        "Zuzanna Julia Zofia Hanna Maja Lena Alicja Oliwia Małgorzata Łucja Agnieszka Wiktoria",
-        "Nowak Kowalski Wiśniewski Wójcik Kowalczyk Kamiński Lewandowski Zieliński "
-        "Szymański Woźniak Dąbrowski Kozłowski Jankowski Mazur Kwiatkowski Krawczyk "
-        "Piotrowski Grabowski Nowakowski Pawłowski Michalski Król Wieczorek Jabłoński",
-        "Warszawa Kraków Łódź Wrocław Poznań Gdańsk",
-    ),
-    "NL": (
-        "Daan Sem Lucas Levi Finn Milan Bram Luuk Jesse Thijs Ruben Sven Gijs Joël",
-        "Emma Julia Mila Tess Sophie Zoë Sara Nora Yara Eva Lotte Fenna Anouk Noor",
-        "De_Jong Jansen De_Vries Van_den_Berg Van_Dijk Bakker Janssen Visser Smit Meijer "
-        "De_Boer Mulder De_Groot Bos Vos Peters Hendriks Van_Leeuwen Dekker Brouwer De_Wit "
-        "Dijkstra Smits De_Graaf Van_der_Meer Van_der_Linden Kok Jacobs De_Haan Vermeulen",
-        "Amsterdam Rotterdam Utrecht Eindhoven Groningen Tilburg",
-    ),
-    "UK": (
-        "Oliver George Harry Noah Jack Leo Arthur Muhammad Oscar Charlie Jacob Thomas Freddie",
-        "Olivia Amelia Isla Ava Mia Ivy Lily Isabella Rosie Sophia Grace Freya Evie Poppy",
-        "Smith Jones Williams Taylor Brown Davies Evans Wilson Thomas Johnson Roberts "
-        "Robinson Thompson Wright Walker White Edwards Hughes Green Hall Lewis Harris Clarke "
-        "Patel Jackson Wood Turner Martin Cooper Hill Ward Morris Moore O'Brien O'Connor",
-        "London Manchester Birmingham Leeds Glasgow Bristol",
-    ),
-    "SE": (
-        "William Liam Noah Hugo Lucas Oliver Elias Adam Alexander Nils Björn Måns Sören",
-        "Alice Maja Elsa Astrid Wilma Freja Olivia Selma Ebba Alma Saga Märta Åsa Linnéa",
-        "Andersson Johansson Karlsson Nilsson Eriksson Larsson Olsson Persson Svensson "
-        "Gustafsson Pettersson Jonsson Jansson Hansson Bengtsson Jönsson Lindberg Jakobsson "
-        "Magnusson Lindström Olofsson Lindqvist Lindgren Berg Axelsson Bergström Lundberg",
-        "Stockholm Göteborg Malmö Uppsala Västerås Örebro",
-    ),
-    "CZ": (
-        "Jakub Jan Tomáš Adam Matyáš Vojtěch Ondřej Filip Lukáš David Šimon Jiří Václav",
-        "Eliška Tereza Anna Adéla Natálie Sofie Karolína Kristýna Viktorie Barbora Zuzana",
-        "Novák Svoboda Novotný Dvořák Černý Procházka Kučera Veselý Horák Němec Pokorný "
-        "Marek Pospíšil Hájek Jelínek Král Růžička Beneš Fiala Sedláček Doležal Zeman "
-        "Kolář Navrátil Čermák Vaněk Urban Blažek Kříž Kovář",
-        "Praha Brno Ostrava Plzeň Liberec Olomouc České_Budějovice",
-    ),
-}
 TRIALS = ("TRIAL-SIOPEN", "TRIAL-EURONET", "TRIAL-INTERFANT")
 SITES_PER_COUNTRY = 3
+GIVEN_SKEW, FAMILY_SKEW = 8, 15  # name i drawn with weight 1 / (i + skew)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +64,7 @@ def generate(
     errors: Errors = Errors(),
     twins: float = 0.02,
     namesakes: float = 0.02,
-    identical: float = 0.0005,
+    identical: float = 0.0003,
 ) -> list[Record]:
     """Registrations of `persons` people, in a shuffled order of arrival."""
     rng = random.Random(seed)  # noqa: S311 (synthetic data, reproducible on purpose)
@@ -161,9 +89,11 @@ def generate(
     return records
 
 
-def _names(rng: random.Random, words: str, double: float) -> tuple[str, ...]:
+def _names(rng: random.Random, words: str, double: float, skew: int) -> tuple[str, ...]:
+    """Zipf-like: the commonest name goes to 2 to 4 % (as Müller, García or Emma do), the
+    rarest to one or two in a thousand; flat short lists would make namesakes too common."""
     pool = words.split()
-    weights = [(i + 1) ** -0.5 for i in range(len(pool))]  # some names are more common
+    weights = [1 / (i + skew) for i in range(len(pool))]
     first = rng.choices(pool, weights)[0].replace("_", " ")
     if rng.random() < double:
         second = rng.choices(pool, weights)[0].replace("_", " ")
@@ -176,8 +106,8 @@ def _person(rng: random.Random) -> _Person:
     country = rng.choice(list(NAMES))
     males, females, families, places = NAMES[country]
     sex = rng.choice(("male", "female"))
-    given = _names(rng, males if sex == "male" else females, 0.25)
-    family = _names(rng, families, 0.9 if country == "ES" else 0.08)
+    given = _names(rng, males if sex == "male" else females, 0.25, GIVEN_SKEW)
+    family = _names(rng, families, 0.9 if country == "ES" else 0.08, FAMILY_SKEW)
     birth = date(2005, 1, 1) + timedelta(days=rng.randrange(18 * 365))
     place = rng.choice(places.split()).replace("_", " ")
     return _Person(country, given, family, birth, sex, place)
@@ -188,7 +118,7 @@ def _twin(rng: random.Random, person: _Person) -> _Person:
     sex = person.sex if rng.random() < 0.6 else rng.choice(("male", "female"))
     given = person.given
     while set(given) & set(person.given):  # parents give twins names of their own
-        given = _names(rng, males if sex == "male" else females, 0.25)
+        given = _names(rng, males if sex == "male" else females, 0.25, GIVEN_SKEW)
     return _Person(person.country, given, person.family, person.birth, sex, person.place)
 
 
