@@ -154,6 +154,18 @@ def serving(app: FastAPI) -> Iterator[str]:
     thread.join(timeout=10)
 
 
+def token_headers(web: TestClient, app: FastAPI, scope: str, site: str | None) -> dict[str, str]:
+    """Headers with a token of a new client of `app` with `scope` (and `site`)."""
+    client, secret = app.state.auth.clients.add(f"test-{site}", scope, site)
+    r = web.post(
+        "/oauth/token",
+        data={"grant_type": "client_credentials", "scope": scope},
+        auth=(client.client_id, secret),
+    )
+    assert r.status_code == 200, r.text
+    return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
 def pages(client: TestClient, path: str) -> Iterator[dict]:
     """Every page of a searchset or history, following `next` links from `path`."""
     bundle = client.get(path).json()

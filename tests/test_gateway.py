@@ -35,7 +35,7 @@ from pseudonymisation.gateway import Pseudonyms, derive
 from pseudonymisation.linkage.service import Change
 from tests import dicom_data as data
 from tests import phi_corpus
-from tests.conftest import _postgres_url, serving
+from tests.conftest import _postgres_url, serving, token_headers
 
 SYSTEM = "https://primage.eu/fhir/NamingSystem/research-pseudonym"
 MRN = "urn:oid:1.2.3.4.5.6"
@@ -94,17 +94,6 @@ def web(gw_app: FastAPI) -> Iterator[TestClient]:
         yield test_client
 
 
-def _token(web: TestClient, app: FastAPI, scope: str, site: str | None) -> dict[str, str]:
-    client, secret = app.state.auth.clients.add(f"gw-{site}", scope, site)
-    r = web.post(
-        "/oauth/token",
-        data={"grant_type": "client_credentials", "scope": scope},
-        auth=(client.client_id, secret),
-    )
-    assert r.status_code == 200, r.text
-    return {"Authorization": f"Bearer {r.json()['access_token']}"}
-
-
 @pytest.fixture(scope="module")
 def tag() -> str:
     return uuid.uuid4().hex[:8]
@@ -113,10 +102,10 @@ def tag() -> str:
 @pytest.fixture(scope="module")
 def sites(web: TestClient, gw_app: FastAPI, tag: str) -> dict[str, dict[str, str]]:
     return {
-        "a": _token(web, gw_app, "system/*.cruds", f"A{tag}"),
-        "b": _token(web, gw_app, "system/*.cruds", f"B{tag}"),
-        "researcher": _token(web, gw_app, "system/*.rs", None),
-        "admin": _token(web, gw_app, "system/*.cruds", None),
+        "a": token_headers(web, gw_app, "system/*.cruds", f"A{tag}"),
+        "b": token_headers(web, gw_app, "system/*.cruds", f"B{tag}"),
+        "researcher": token_headers(web, gw_app, "system/*.rs", None),
+        "admin": token_headers(web, gw_app, "system/*.cruds", None),
     }
 
 
@@ -749,7 +738,7 @@ def test_a_resolved_merge_repoints_fhir_and_dicom(
     )
     assert obs.status_code == 201, obs.text
 
-    curator = _token(web, gw_app, "primage/identity.review", None)
+    curator = token_headers(web, gw_app, "primage/identity.review", None)
     reviews = web.get("/identity/reviews", headers=curator).json()["reviews"]
     [item] = [r for r in reviews if r["research_pseudonym"] == merged]
     assert item["candidate_pseudonym"] == kept
@@ -856,7 +845,7 @@ def test_without_the_linkage_service_writes_wait_and_nothing_is_stored(
         )
     )
     with TestClient(app, base_url="http://testserver") as client:
-        site = _token(client, app, "system/*.cruds", f"D{tag}")
+        site = token_headers(client, app, "system/*.cruds", f"D{tag}")
         r = client.put(f"/fhir/Patient/D-{tag}", json=_child(tag, f"D-{tag}"), headers=site)
         assert r.status_code == 503 and r.headers["retry-after"]
         assert r.json()["issue"][0]["code"] == "transient"
@@ -864,7 +853,7 @@ def test_without_the_linkage_service_writes_wait_and_nothing_is_stored(
         assert stow.status_code == 409
         reasons = [i["00081197"]["Value"][0] for i in stow.json()["00081198"]["Value"]]
         assert reasons == [0xA700]
-        researcher = _token(client, app, "system/*.rs", None)
+        researcher = token_headers(client, app, "system/*.rs", None)
         assert client.get("/fhir/Patient", headers=researcher).json()["total"] == 0
         assert client.get("/dicomweb/studies", headers=researcher).status_code == 204
     app.state.database.engine.dispose()

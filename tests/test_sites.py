@@ -15,6 +15,7 @@ from starlette.testclient import TestClient
 from primage.app import create_app
 from primage.settings import Settings
 from tests import dicom_data as data
+from tests.conftest import token_headers
 
 SITE_TAG = "https://primage.eu/fhir/CodeSystem/site"
 
@@ -24,26 +25,16 @@ def app(auth_app: FastAPI) -> FastAPI:
     return auth_app
 
 
-def _token(web: TestClient, app: FastAPI, scope: str, site: str | None) -> dict[str, str]:
-    client, secret = app.state.auth.clients.add(f"site-{site}", scope, site)
-    r = web.post(
-        "/oauth/token",
-        data={"grant_type": "client_credentials", "scope": scope},
-        auth=(client.client_id, secret),
-    )
-    return {"Authorization": f"Bearer {r.json()['access_token']}"}
-
-
 @pytest.fixture(scope="module")
 def world(web: TestClient, app: FastAPI) -> dict[str, Any]:
     """Site A and site B, each with a patient and an observation; B's second observation
     points at A's patient and A's second at B's (references are not checked across sites);
     plus platform data written by an administrator."""
     tag = uuid.uuid4().hex[:8]
-    a = _token(web, app, "system/*.cruds", f"A{tag}")
-    b = _token(web, app, "system/*.cruds", f"B{tag}")
-    admin = _token(web, app, "system/*.cruds", None)
-    researcher = _token(web, app, "system/*.rs", None)
+    a = token_headers(web, app, "system/*.cruds", f"A{tag}")
+    b = token_headers(web, app, "system/*.cruds", f"B{tag}")
+    admin = token_headers(web, app, "system/*.cruds", None)
+    researcher = token_headers(web, app, "system/*.rs", None)
 
     def create(headers: dict[str, str], body: dict[str, Any]) -> str:
         r = web.post(f"/fhir/{body['resourceType']}", json=body, headers=headers)
@@ -305,8 +296,8 @@ def test_audit_events_belong_to_the_callers_site(
     web.get(f"/fhir/Patient/{world['pa']}", headers=world["a"])  # a queued (read) event
     app.state.audit.flush()
     tag = world["tag"]
-    own = _token(web, app, "primage/audit.read", f"A{tag}")
-    other = _token(web, app, "primage/audit.read", f"B{tag}")
+    own = token_headers(web, app, "primage/audit.read", f"A{tag}")
+    other = token_headers(web, app, "primage/audit.read", f"B{tag}")
     query = f"AuditEvent?entity=Patient/{world['pa']}&subtype=read"
     mine = web.get(f"/fhir/{query}", headers=own).json().get("entry", [])
     assert mine and all(
@@ -367,7 +358,7 @@ def test_site_clients_cannot_write_platform_types(web: TestClient, world: dict) 
 def test_include_iterate_does_not_step_through_unreadable_types(
     web: TestClient, app: FastAPI, world: dict
 ) -> None:
-    token = _token(web, app, "system/Observation.rs", f"A{world['tag']}")
+    token = token_headers(web, app, "system/Observation.rs", f"A{world['tag']}")
     sibling = {
         "resourceType": "Observation",
         "status": "final",
