@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import Select, select, text
 
 from fhir_server import jsonio
 from fhir_server.repository import Repository
@@ -150,6 +150,22 @@ def _date(value: str | None) -> str | None:
     return None
 
 
+def patients_with(system: str, value: str) -> Select:
+    """The ids of the live Patients whose identifier is `system|value` (the research
+    pseudonym: how DICOM studies find their Patients)."""
+    return (
+        select(resource.c.id)
+        .select_from(search_token.join(resource, resource.c.pk == search_token.c.resource_pk))
+        .where(
+            search_token.c.type == "Patient",
+            search_token.c.param == "identifier",
+            search_token.c.code == value,
+            search_token.c.system == system,
+            resource.c.deleted.is_(False),
+        )
+    )
+
+
 def _patient(repo: Repository, study: Any, system: str) -> str:
     """The Patient with the study's Patient ID as identifier, created if there is none."""
     if study.patient_id:
@@ -159,17 +175,7 @@ def _patient(repo: Repository, study: Any, system: str) -> str:
                 {"key": f"{system}|{study.patient_id}"},
             )
         found = repo.conn.execute(
-            select(resource.c.id)
-            .select_from(search_token.join(resource, resource.c.pk == search_token.c.resource_pk))
-            .where(
-                search_token.c.type == "Patient",
-                search_token.c.param == "identifier",
-                search_token.c.code == study.patient_id,
-                search_token.c.system == system,
-                resource.c.deleted.is_(False),
-                *repo.visible(),
-            )
-            .limit(1)
+            patients_with(system, study.patient_id).where(*repo.visible()).limit(1)
         ).scalar()
         if found:
             return str(found)

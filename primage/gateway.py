@@ -7,12 +7,9 @@ separate one.
 
 from __future__ import annotations
 
-import os
-import secrets
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -34,29 +31,6 @@ from pseudonymisation.linkage.service import LinkageService
 
 from . import db
 from .settings import Settings
-
-
-def key_file(path: Path) -> bytes:
-    """A random secret generated once into `path` (mode 600), so every worker shares it.
-
-    Written whole to a file of its own, then linked into place: workers starting together
-    all read the one that got there first (never a half-written or a second key), and the
-    secret is never readable by others, not even for a moment."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        draft = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
-        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_urlsafe(32))
-                f.flush()
-                os.fsync(f.fileno())
-            os.link(draft, path)
-        except FileExistsError:
-            pass  # another worker's key is in place: use that one
-        finally:
-            draft.unlink(missing_ok=True)
-    return path.read_text().strip().encode()
 
 
 @dataclass
@@ -108,11 +82,7 @@ def repository_lookup(
 
 
 def build(settings: Settings, read: Callable[[], AbstractContextManager[Repository]]) -> Gateway:
-    key = (
-        settings.gateway_key.get_secret_value().encode()
-        if settings.gateway_key is not None
-        else key_file(settings.data_dir / "gateway.key")
-    )
+    key = settings.gateway_secret()
     service: LinkageService | None = None
     engine: Engine | None = None
     linkage: Linkage
@@ -122,12 +92,7 @@ def build(settings: Settings, read: Callable[[], AbstractContextManager[Reposito
     else:
         engine = db.make_engine(settings.linkage_database(), 5)
         create_schema(engine)
-        secret = (
-            settings.linkage_secret.get_secret_value().encode()
-            if settings.linkage_secret is not None
-            else key_file(settings.data_dir / "linkage.key")
-        )
-        service = LinkageService(engine, secret)
+        service = LinkageService(engine, settings.linkage_key())
         linkage = LocalLinkage(service)
     pseudonyms = Pseudonyms(linkage, key, settings.gateway_date_shift_days)
     policy_file = settings.gateway_fhir_policy

@@ -30,12 +30,13 @@ from typing import Any
 import orjson
 from sqlalchemy import literal, select, update
 
+from dicomweb.imaging_study import patients_with
 from dicomweb.instance import name_key
 from dicomweb.schema import dicom_instance, dicom_series, dicom_study
 from dicomweb.service import Archive
 from fhir_server.reindex import Progress, start_job
 from fhir_server.repository import Repository
-from fhir_server.schema import job, resource, search_reference, search_token
+from fhir_server.schema import job, resource, search_reference
 from pseudonymisation.dicom_deid import shift_dicom_date
 from pseudonymisation.fhir_deid import shift_dates
 from pseudonymisation.linkage.service import Change
@@ -109,17 +110,7 @@ class Relink:
             self.archive.sync_studies(repo, study_pks, self.base)
 
     def _patients(self, repo: Repository, pseudonym: str, site: str | None) -> list[str]:
-        query = (
-            select(resource.c.id)
-            .select_from(search_token.join(resource, resource.c.pk == search_token.c.resource_pk))
-            .where(
-                search_token.c.type == "Patient",
-                search_token.c.param == "identifier",
-                search_token.c.system == self.system,
-                search_token.c.code == pseudonym,
-                resource.c.deleted.is_(False),
-            )
-        )
+        query = patients_with(self.system, pseudonym)
         if site is not None:
             query = query.where(resource.c.site == site)
         return sorted(set(repo.conn.execute(query).scalars()))

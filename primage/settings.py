@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 from typing import Literal
@@ -101,12 +102,43 @@ class Settings(BaseSettings):
         return self.blob_dir or self.data_dir / "blobs"
 
     def secret(self) -> bytes:
-        """The server secret; generated once into the data dir so every worker shares it."""
-        if self.secret_key is not None:
-            return self.secret_key.get_secret_value().encode()
-        path = self.data_dir / "secret.key"
-        if not path.exists():
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            path.write_text(secrets.token_urlsafe(32))
-            path.chmod(0o600)
-        return path.read_text().strip().encode()
+        """The server secret (paging links, signing keys at rest)."""
+        return self._configured_or_file(self.secret_key, "secret.key")
+
+    def gateway_secret(self) -> bytes:
+        """The gateway key: encodings, UIDs, date offsets, ids (the same for every gateway)."""
+        return self._configured_or_file(self.gateway_key, "gateway.key")
+
+    def linkage_key(self) -> bytes:
+        """The linkage service's pseudonym key."""
+        return self._configured_or_file(self.linkage_secret, "linkage.key")
+
+    def _configured_or_file(self, value: SecretStr | None, name: str) -> bytes:
+        """The configured secret, or one generated once into the data dir so every worker
+        shares it."""
+        if value is not None:
+            return value.get_secret_value().encode()
+        return key_file(self.data_dir / name)
+
+
+def key_file(path: Path) -> bytes:
+    """A random secret generated once into `path` (mode 600), so every worker shares it.
+
+    Written whole to a file of its own, then linked into place: workers starting together
+    all read the one that got there first (never a half-written or a second key), and the
+    secret is never readable by others, not even for a moment."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        draft = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(32))
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(draft, path)
+        except FileExistsError:
+            pass  # another worker's key is in place: use that one
+        finally:
+            draft.unlink(missing_ok=True)
+    return path.read_text().strip().encode()

@@ -56,10 +56,15 @@ _SEPARATORS = re.compile(r"[^a-z0-9]+")
 _DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?")
 
 
+def strip_marks(text: str) -> str:
+    """Diacritics gone (é -> e, č -> c): the letters as a site without them would write."""
+    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+
+
 def fold(text: str) -> str:
     """One token or phrase in canonical form: lower-case ASCII letters, digits and spaces."""
     text = unicodedata.normalize("NFKC", text).casefold().translate(_TABLE)
-    text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+    text = strip_marks(text)
     text = _SEPARATORS.sub(" ", _APOSTROPHES.sub("", text))
     for digraph, letter in FOLD:
         text = text.replace(digraph, letter)

@@ -10,8 +10,9 @@ pattern whatever the request. Matching ignores case and diacritics, so "MULLER" 
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Iterable
+
+from .normalise import strip_marks
 
 MASK = "***"
 _PATTERNS = [
@@ -24,8 +25,7 @@ _PATTERNS = [
 
 def fold(text: str) -> str:
     """Lower case without diacritics, one character per input character where possible."""
-    decomposed = unicodedata.normalize("NFKD", text)
-    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
+    return strip_marks(text).casefold()
 
 
 class Scrubber:

@@ -23,9 +23,9 @@ from starlette.testclient import TestClient
 
 from dicomweb.schema import dicom_instance
 from fhir_server.interactions import Request as FhirRequest
-from primage import db, gateway, relink
+from primage import db, relink
 from primage.app import create_app
-from primage.settings import Settings
+from primage.settings import Settings, key_file
 from pseudonymisation import edge as edge_gateway
 from pseudonymisation.dicom_deid import remap_uid
 from pseudonymisation.encoding import open_local_id
@@ -812,7 +812,7 @@ def test_workers_starting_together_share_one_gateway_key(tmp_path: Path) -> None
 
     def worker() -> None:
         start.wait()
-        keys.append(gateway.key_file(path))
+        keys.append(key_file(path))
 
     threads = [threading.Thread(target=worker) for _ in range(8)]
     for t in threads:

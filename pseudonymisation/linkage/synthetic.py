@@ -13,12 +13,12 @@ Names come from a few hundred per country (`synthetic_names`), drawn with a real
 from __future__ import annotations
 
 import random
-import unicodedata
 from dataclasses import dataclass, replace
 from datetime import date, timedelta
 
 from pseudonymisation.identity import Identity
 from pseudonymisation.linkage.synthetic_names import NAMES
+from pseudonymisation.normalise import strip_marks
 
 TRIALS = ("TRIAL-SIOPEN", "TRIAL-EURONET", "TRIAL-INTERFANT")
 SITES_PER_COUNTRY = 3
@@ -172,9 +172,7 @@ def _variant(
         if spell:
             name = name.replace("ü", "ue").replace("ö", "oe").replace("ä", "ae")
         if strip:
-            name = "".join(
-                c for c in unicodedata.normalize("NFKD", name) if not unicodedata.combining(c)
-            )
+            name = strip_marks(name)
         if rng.random() < typo:
             name = _typo(rng, name)
         out.append(name.upper() if rng.random() < 0.2 else name)
