@@ -100,7 +100,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.pseudonymiser = pseudonymiser
     if auth is not None:
         app.add_middleware(BearerAuth, tokens=auth.tokens, issuer=auth.issuer)
-        app.include_router(auth_server.build_router(auth))  # before /fhir/{path}
+        app.add_api_route(  # before /fhir/{path}
+            "/fhir/.well-known/smart-configuration",
+            auth_server.discovery_endpoint(auth),
+            methods=["GET"],
+            tags=["OAuth2"],
+        )
     else:
         log.warning("PRIMAGE_AUTH_ENABLED=false: every request is served without a token")
     app.add_middleware(SecurityHeaders)
@@ -113,10 +118,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["*"],
             expose_headers=["Warning", "Location", "Content-Location", "ETag", "Last-Modified"],
         )
+    # Routers in order of traffic: FastAPI tries each included route in turn (about 2 us
+    # each), so the OAuth2 router in front of the FHIR API cost a read 20 us, 8 % of it.
     app.include_router(
         fhir_api.build_router(service, max_body_bytes=max_body, base_url=settings.base_url)
     )
     app.include_router(dicomweb_api.build_router(archive, settings.dicomweb_base_url))
+    if auth is not None:
+        app.include_router(auth_server.build_router(auth))
     if pseudonymiser is not None and pseudonymiser.linkage is not None:
         linkage = pseudonymiser.linkage
         app.include_router(linkage_api.build_router(linkage))

@@ -3,10 +3,11 @@
 A write's AuditEvent commits with the write it describes. Every other event (reads,
 searches, refusals) is queued in memory, stored every `interval` seconds as a plain row in
 `audit_staging` (one cheap insert per batch), and turned into an indexed AuditEvent
-resource later: before any request that reads AuditEvents, and by a sweep every
-`sweep` seconds. Indexing an AuditEvent costs about 0.15 ms of CPU; done per request it
-added 10-20 % to read latency, done in batches off the request path it costs the same
-CPU but not the latency. A crash loses at most the events queued in the last `interval`.
+resource later: before any request that reads AuditEvents, and by a sweep every `sweep`
+seconds (0: none). Indexing an AuditEvent costs about 0.15 ms of CPU; done per request it
+added 10-20 % to read latency. Done in batches in a worker, it held the GIL long enough
+to stall that worker's requests, so `primage serve` sweeps in its background process.
+A crash loses at most the events queued in the last `interval`.
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ class AuditTrail:
         while not self._stop.wait(self._interval):
             try:
                 self.flush()
-                if time.monotonic() - swept >= self._sweep:
+                if 0 < self._sweep <= time.monotonic() - swept:
                     swept = time.monotonic()
                     self.materialize()
             except Exception:

@@ -1,10 +1,14 @@
-"""`primage` command line: serve, db upgrade, demo load."""
+"""`primage` command line: serve (and its background jobs), clients, reindex jobs, demo."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import signal
+import subprocess
+import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,14 +57,43 @@ def serve(host: str, port: int, workers: int, demo: bool | None) -> None:
         f"  health / metrics:     http://{host}:{port}/healthz  http://{host}:{port}/metrics"
     )
     click.echo(f"  database:             {make_url(url).render_as_string(hide_password=True)}")
-    uvicorn.run(
-        "primage.app:create_app_from_env",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level=settings.log_level.lower(),
+    # The periodic jobs (audit indexing, linkage sync) run in one process of their own:
+    # in a worker they held the GIL for hundreds of milliseconds and stalled its requests.
+    helper = subprocess.Popen([sys.executable, "-m", "primage.cli", "background"])
+    os.environ["PRIMAGE_AUDIT_INDEX_INTERVAL"] = "0"
+    os.environ["PRIMAGE_LINKAGE_SYNC_INTERVAL"] = "0"
+    try:
+        uvicorn.run(
+            "primage.app:create_app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level=settings.log_level.lower(),
+        )
+    finally:
+        helper.terminate()
+        helper.wait(timeout=30)
+
+
+@main.command()
+def background() -> None:
+    """The server's periodic jobs without its HTTP API: index the staged audit trail every
+    PRIMAGE_AUDIT_INDEX_INTERVAL seconds, carry linkage changes into the stores every
+    PRIMAGE_LINKAGE_SYNC_INTERVAL seconds. `primage serve` starts it; stop it with SIGTERM."""
+    from .app import create_app
+
+    settings = Settings()
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    app = create_app(settings)  # its audit trail and relinker start their threads here
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    for handler in app.router.on_shutdown:
+        handler()
 
 
 @main.command()

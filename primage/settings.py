@@ -64,7 +64,8 @@ class Settings(BaseSettings):
     oidc_allowed_scopes: list[str] = ["system/*.rs"]  # the most its tokens may grant
     oidc_require_site: bool = True  # refuse its tokens without the site claim
     # Queued AuditEvents are staged cheaply and indexed in batches this often (and before
-    # any AuditEvent read).
+    # any AuditEvent read); 0: only before reads. `primage serve` runs this sweep, and the
+    # linkage sync below, in one background process rather than in every worker.
     audit_index_interval: float = 10.0
 
     # Pseudonymisation gateway (in front of every write from a principal with a site)

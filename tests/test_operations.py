@@ -6,12 +6,14 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
+import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
@@ -144,7 +146,12 @@ def _free_port() -> int:
 def test_cli_serve_migrates_loads_demo_and_serves(tmp_path):
     """What `make run` does: migrate the embedded SQLite store, load demo data, serve."""
     port = _free_port()
-    env = {**os.environ, "PRIMAGE_DATA_DIR": str(tmp_path / "var"), "PRIMAGE_DEMO_DATA": "true"}
+    env = {
+        **os.environ,
+        "PRIMAGE_DATA_DIR": str(tmp_path / "var"),
+        "PRIMAGE_DEMO_DATA": "true",
+        "PRIMAGE_AUDIT_INDEX_INTERVAL": "0.5",
+    }
     env.pop("PRIMAGE_DATABASE_URL", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "primage.cli", "serve", "--port", str(port)],
@@ -213,9 +220,31 @@ def test_cli_serve_migrates_loads_demo_and_serves(tmp_path):
         assert stored.status_code == 201, stored.text
         assert "name" not in stored.json()
         assert stored.json()["identifier"][0]["value"].startswith("PRM-")
+        # Nobody reads AuditEvents here: serve's background process indexes the staged ones.
+        store = sqlite3.connect(tmp_path / "var" / "primage.db")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            staged = store.execute("SELECT count(*) FROM audit_staging").fetchone()[0]
+            (indexed,) = store.execute(
+                "SELECT count(*) FROM resource WHERE type = 'AuditEvent'"
+            ).fetchone()
+            if staged == 0 and indexed == 6:  # 5 reads and searches (staged), 1 write
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"{staged} audit events still staged, {indexed} indexed")
+        store.close()
+        helper = subprocess.run(
+            ["pgrep", "-P", str(proc.pid), "-f", "primage.cli background"],
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        assert len(helper) == 1
     finally:
         proc.send_signal(signal.SIGINT)
         output = proc.communicate(timeout=20)[0].decode()
+    with pytest.raises(ProcessLookupError):  # stopped with the server, not orphaned
+        os.kill(int(helper[0]), 0)
     assert f"http://127.0.0.1:{port}/fhir/metadata" in output
     assert "demo data: 11 resources and a study of 24 instances loaded" in output
     assert f"http://127.0.0.1:{port}/dicomweb/studies" in output

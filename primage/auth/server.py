@@ -17,7 +17,7 @@ import binascii
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote_plus
@@ -270,14 +270,17 @@ def build_router(server: AuthServer) -> APIRouter:
         keys = await run_in_threadpool(server.tokens.keys.public_jwks)
         return JSONResponse(keys, headers={"Cache-Control": "max-age=60"})
 
+    router.add_api_route("/oauth/jwks", jwks, methods=["GET"])
+    for path in ("/.well-known/smart-configuration", "/.well-known/oauth-authorization-server"):
+        router.add_api_route(path, discovery_endpoint(server), methods=["GET"])
+    return router
+
+
+def discovery_endpoint(server: AuthServer) -> Callable[[Request], Awaitable[JSONResponse]]:
+    """The metadata document; the app also serves it at /fhir/.well-known/smart-configuration,
+    a route it places before the FHIR API's catch-all."""
+
     async def discovery(request: Request) -> JSONResponse:
         return JSONResponse(server.metadata(server.issuer_for(request)))
 
-    router.add_api_route("/oauth/jwks", jwks, methods=["GET"])
-    for path in (
-        "/.well-known/smart-configuration",
-        "/fhir/.well-known/smart-configuration",
-        "/.well-known/oauth-authorization-server",
-    ):
-        router.add_api_route(path, discovery, methods=["GET"])
-    return router
+    return discovery
