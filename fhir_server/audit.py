@@ -163,3 +163,39 @@ def dicom_event(
         entities.append({"query": base64.b64encode(query.encode()).decode()})
     subtype = {"system": DCM, "code": code, "display": display}
     return event(actor, subtype, action, status, entities=entities)
+
+
+def refused_token_event(address: str | None, method: str, path: str, reason: str) -> dict[str, Any]:
+    """A request whose bearer token was refused (bad signature, expired, revoked, ...).
+
+    The token is not recorded, nor who it claims to be (its claims are unverified): only
+    where the attempt came from, what it asked for, and why it failed. Requests without
+    any token are not audited; they are anonymous and already answered 401."""
+    agent: dict[str, Any] = {
+        "who": {"display": "unauthenticated"},
+        "requestor": True,
+    }
+    if address:
+        agent["network"] = {"address": address, "type": "2"}
+    return {
+        "resourceType": "AuditEvent",
+        "type": {"system": DCM, "code": "110114", "display": "User Authentication"},
+        "subtype": [{"system": DCM, "code": "110122", "display": "Login"}],
+        "action": "E",
+        "recorded": format_instant(datetime.now(UTC)),
+        "outcome": "4",
+        "outcomeDesc": f"HTTP 401: {reason}",
+        "agent": [agent],
+        "source": {
+            "site": "primage",
+            "observer": {"display": "primage"},
+            "type": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
+                    "code": "4",
+                    "display": "Application Server",
+                }
+            ],
+        },
+        "entity": [{"name": f"{method} {path}"}],
+    }

@@ -99,7 +99,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.audit = trail
     app.state.pseudonymiser = pseudonymiser
     if auth is not None:
-        app.add_middleware(BearerAuth, tokens=auth.tokens, issuer=auth.issuer)
+        app.add_middleware(
+            BearerAuth,
+            tokens=auth.tokens,
+            issuer=auth.issuer,
+            audit=(lambda event: trail(None, event)) if trail is not None else None,
+        )
         app.add_api_route(  # before /fhir/{path}
             "/fhir/.well-known/smart-configuration",
             auth_server.discovery_endpoint(auth),

@@ -24,6 +24,7 @@ from joserfc.jwk import ECKey, OctKey, RSAKey
 from sqlalchemy import select
 from starlette.testclient import TestClient
 
+from fhir_server.audit import DCM
 from primage.auth.schema import oauth_client
 from primage.auth.server import RateLimit
 from primage.cli import main
@@ -761,6 +762,23 @@ def test_batch_entries_are_audited_in_their_own_transactions(
     deleted = [e for e in events if e["subtype"][0]["code"] == "delete"]
     assert deleted and deleted[0]["entity"][0]["what"]["reference"] == f"Patient/{made['id']}"
     assert any(e["subtype"][0]["code"] == "read" and e["outcome"] == "4" for e in events)
+
+
+def test_refused_tokens_are_audited_without_the_token(web: TestClient, auth_app: FastAPI) -> None:
+    token = token_for(web, auth_app, "system/*.rs")
+    tampered = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+    probe = f"Patient/probe-{uuid.uuid4().hex[:8]}"
+    assert web.get(f"/fhir/{probe}", headers=bearer(tampered)).status_code == 401
+    anonymous = f"Patient/anonymous-{uuid.uuid4().hex[:8]}"
+    assert web.get(f"/fhir/{anonymous}").status_code == 401
+    events = _events(web, auth_app, f"type={DCM}|110114")
+    refused = [e for e in events if e["entity"][0]["name"] == f"GET /fhir/{probe}"]
+    assert len(refused) == 1
+    assert refused[0]["outcome"] == "4"
+    assert refused[0]["agent"][0]["network"]["address"] == "testclient"
+    assert tampered not in json.dumps(refused[0]) and token not in json.dumps(refused[0])
+    AuditEvent.model_validate(refused[0])
+    assert not [e for e in events if e["entity"][0]["name"] == f"GET /fhir/{anonymous}"]
 
 
 def test_staged_audit_events_are_indexed_before_anyone_reads_them(

@@ -4,18 +4,21 @@ Pure ASGI, in front of the routes: a request without a token gets 401 with
 `WWW-Authenticate: Bearer` (RFC 6750 3), a bad, expired or revoked one 401 with
 `error="invalid_token"`, in the API's own error format (OperationOutcome for FHIR, a
 PS3.18 status and Warning for DICOMweb). A valid token puts its Principal and Grant on the
-request state for the routes' scope checks. The token itself is never logged.
+request state for the routes' scope checks. A refused token is audited (not a missing
+one); the token itself is never logged nor recorded.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 from sqlalchemy.exc import DBAPIError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from fhir_server.audit import Actor
+from fhir_server.audit import Actor, refused_token_event
 from fhir_server.errors import Issue, operation_outcome
 
 from .scopes import GATEWAY
@@ -27,10 +30,17 @@ PUBLIC = {"/fhir/metadata", "/fhir/.well-known/smart-configuration"}
 
 
 class BearerAuth:
-    def __init__(self, app: ASGIApp, tokens: Tokens, issuer: str | None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        tokens: Tokens,
+        issuer: str | None,
+        audit: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         self.app = app
         self.tokens = tokens
         self.issuer = issuer
+        self.audit = audit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -55,6 +65,10 @@ class BearerAuth:
             principal = self.tokens.validate(token.strip(), issuer)
         except InvalidToken as exc:
             log.info("bearer token refused: %s", exc)
+            if self.audit is not None:
+                client = scope.get("client")
+                address = client[0] if client else None
+                self.audit(refused_token_event(address, scope["method"], path, str(exc)))
             challenge = 'Bearer error="invalid_token"'
             await _deny(scope, send, path, challenge, str(exc))
             return
