@@ -112,22 +112,26 @@ def event(
         "outcome": outcome(status),
         "outcomeDesc": f"HTTP {status}",
         "agent": [agent],
-        "source": {
-            "site": "primage",
-            "observer": {"display": "primage"},
-            "type": [
-                {
-                    "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
-                    "code": "4",
-                    "display": "Application Server",
-                }
-            ],
-        },
+        "source": _source(),
     }
     listed = list(entities)
     if listed:
         out["entity"] = listed
     return out
+
+
+def _source() -> dict[str, Any]:
+    return {
+        "site": "primage",
+        "observer": {"display": "primage"},
+        "type": [
+            {
+                "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
+                "code": "4",
+                "display": "Application Server",
+            }
+        ],
+    }
 
 
 def fhir_event(
@@ -186,16 +190,6 @@ def refused_token_event(address: str | None, method: str, path: str, reason: str
         "outcome": "4",
         "outcomeDesc": f"HTTP 401: {reason}",
         "agent": [agent],
-        "source": {
-            "site": "primage",
-            "observer": {"display": "primage"},
-            "type": [
-                {
-                    "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
-                    "code": "4",
-                    "display": "Application Server",
-                }
-            ],
-        },
+        "source": _source(),
         "entity": [{"name": f"{method} {path}"}],
     }
