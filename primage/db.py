@@ -71,6 +71,13 @@ def _sqlite_transactions(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
+def writer(engine: Engine) -> Engine:
+    """`engine` with every transaction a writer's: on SQLite BEGIN IMMEDIATE, for stores
+    whose transactions read and then write from several threads (the linkage service, an
+    import's ledger), which deferred BEGINs would fail with "database is locked"."""
+    return engine.execution_options(primage_write=True)
+
+
 class Database:
     """Hands out repositories bound to a read or a write transaction."""
 

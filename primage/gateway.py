@@ -92,7 +92,7 @@ def build(settings: Settings, read: Callable[[], AbstractContextManager[Reposito
     else:
         engine = db.make_engine(settings.linkage_database(), 5)
         create_schema(engine)
-        service = LinkageService(engine, settings.linkage_key())
+        service = LinkageService(db.writer(engine), settings.linkage_key())
         linkage = LocalLinkage(service)
     pseudonyms = Pseudonyms(linkage, key, settings.gateway_date_shift_days)
     policy_file = settings.gateway_fhir_policy

@@ -68,6 +68,15 @@ def database_url(
         yield f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'primage.db'}"
 
 
+def fresh_database(backend_url: str, folder: Path) -> Iterator[str]:
+    """An empty database of the same kind as `backend_url`: a schema of its own on
+    PostgreSQL, a file in `folder` on SQLite."""
+    if backend_url.startswith("postgresql"):
+        yield from _postgres_url()
+    else:
+        yield f"sqlite:///{folder / 'store.db'}"
+
+
 @pytest.fixture(scope="session")
 def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     db.upgrade(database_url)

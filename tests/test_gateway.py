@@ -32,26 +32,20 @@ from pseudonymisation.encoding import open_local_id
 from pseudonymisation.fhir_deid import FhirDeidentifier, FhirPolicy
 from pseudonymisation.fhir_gateway import FhirGateway
 from pseudonymisation.gateway import Pseudonyms, derive
+from pseudonymisation.identity import Identity
 from pseudonymisation.linkage.service import Change
 from tests import dicom_data as data
 from tests import phi_corpus
-from tests.conftest import _postgres_url, serving, token_headers
+from tests.conftest import fresh_database, serving, token_headers
 
 SYSTEM = "https://primage.eu/fhir/NamingSystem/research-pseudonym"
 MRN = "urn:oid:1.2.3.4.5.6"
 
 
-def _fresh_database(backend_url: str, folder: Path) -> Iterator[str]:
-    if backend_url.startswith("postgresql"):
-        yield from _postgres_url()
-    else:
-        yield f"sqlite:///{folder / 'store.db'}"
-
-
 @pytest.fixture(scope="module")
 def platform_url(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A store of its own, so the byte-level search sees only what the gateway let in."""
-    for url in _fresh_database(database_url, tmp_path_factory.mktemp("platform")):
+    for url in fresh_database(database_url, tmp_path_factory.mktemp("platform")):
         db.upgrade(url)
         yield url
 
@@ -59,7 +53,7 @@ def platform_url(database_url: str, tmp_path_factory: pytest.TempPathFactory) ->
 @pytest.fixture(scope="module")
 def linkage_url(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The linkage service's own database: a schema (PostgreSQL) or file (SQLite) apart."""
-    yield from _fresh_database(database_url, tmp_path_factory.mktemp("linkage"))
+    yield from fresh_database(database_url, tmp_path_factory.mktemp("linkage"))
 
 
 @pytest.fixture(scope="module")
@@ -888,3 +882,26 @@ def test_what_the_platform_stored_still_validates(
             after.write_bytes(stored.read())
         new = phi_corpus.dciodvfy_errors(binary, after) - phi_corpus.dciodvfy_errors(binary, before)
         assert new == set(), name
+
+
+def test_one_new_child_sent_by_parallel_requests_gets_one_pseudonym(
+    gw_app: FastAPI, tag: str
+) -> None:
+    """Parallel STOWs of a new patient's study register it at once: on SQLite the linkage
+    service's read-then-write transactions failed with "database is locked" (an importer
+    with two workers found it)."""
+    child = Identity(("Ewa",), (f"Zielińska{tag}",), "2016-02-03", "female", None, "MRN-PAR")
+    start = threading.Barrier(6)
+    answers: list[Any] = []
+
+    def register() -> None:
+        start.wait()
+        answers.append(gw_app.state.pseudonymiser.pseudonyms.patient(f"P{tag}", child))
+
+    threads = [threading.Thread(target=register) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(answers) == 6
+    assert len({a.research_pseudonym for a in answers}) == 1
