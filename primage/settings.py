@@ -89,6 +89,15 @@ class Settings(BaseSettings):
     # `primage linkage sync`)
     linkage_sync_interval: float = 30.0
 
+    # Import jobs' ledger: the importer's own state, with the source's identifiers (see
+    # curation/ledger.py); default SQLite at {data_dir}/imports.db
+    import_database_url: SecretStr | None = None
+
+    def import_database(self) -> str:
+        if self.import_database_url is not None:
+            return self.import_database_url.get_secret_value()
+        return f"sqlite:///{self.data_dir / 'imports.db'}"
+
     def linkage_database(self) -> str:
         if self.linkage_database_url is not None:
             return self.linkage_database_url.get_secret_value()

@@ -1,0 +1,1 @@
+"""Curation: importers that feed the platform in bulk (PACS, DICOMweb, folders, registries)."""

@@ -1,0 +1,292 @@
+"""Automatic feeding (issue 8): importers, their ledger, resume, dry runs, against the real app.
+
+The platform runs with OAuth2, the gateway and the identified-data guard on, served over
+HTTP; the importer is the `primage import` CLI with a site's client credentials, as at a
+hospital's edge. Its ledger lives in its own data directory.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from click.testing import CliRunner
+from fastapi import FastAPI
+from pydantic import SecretStr
+from pydicom import Dataset
+from sqlalchemy import func, select
+
+from curation import runner
+from curation.destination import StowDestination
+from curation.folder import FolderSource
+from curation.ledger import FAILED, PENDING, PRESENT, QUARANTINED, STORED, Ledger
+from dicomweb.schema import dicom_instance
+from primage import db
+from primage.app import create_app
+from primage.cli import main
+from primage.settings import Settings
+from tests import dicom_data as data
+from tests.conftest import fresh_database, serving
+
+SYSTEM = "https://primage.eu/fhir/NamingSystem/research-pseudonym"
+
+
+@pytest.fixture(scope="module")
+def platform(
+    settings: Settings, database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[FastAPI]:
+    folder = tmp_path_factory.mktemp("import-platform")
+    for url in fresh_database(database_url, folder):
+        db.upgrade(url)
+        for linkage in fresh_database(database_url, tmp_path_factory.mktemp("import-linkage")):
+            app = create_app(
+                settings.model_copy(
+                    update={
+                        "database_url": SecretStr(url),
+                        "data_dir": folder,
+                        "auth_enabled": True,
+                        "gateway_enabled": True,
+                        "identified_data_guard": True,
+                        "linkage_database_url": SecretStr(linkage),
+                        "gateway_key": SecretStr("import-test-gateway-key"),
+                        "linkage_secret": SecretStr("import-test-linkage-secret"),
+                        "linkage_sync_interval": 0,
+                    }
+                )
+            )
+            yield app
+            app.state.database.engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def base(platform: FastAPI) -> Iterator[str]:
+    yield from serving(platform)
+
+
+def _client(app: FastAPI, scope: str, site: str | None) -> tuple[str, str]:
+    client, secret = app.state.auth.clients.add(f"import-{site}", scope, site)
+    return client.client_id, secret
+
+
+@pytest.fixture(scope="module")
+def hospital(platform: FastAPI) -> tuple[str, str]:
+    return _client(platform, "system/ImagingStudy.c", "IMPORT-HOSPITAL")
+
+
+@pytest.fixture(scope="module")
+def researcher(platform: FastAPI, base: str) -> dict[str, str]:
+    client_id, secret = _client(platform, "system/*.rs", None)
+    token = httpx.post(
+        f"{base}/oauth/token",
+        data={"grant_type": "client_credentials", "scope": "system/*.rs"},
+        auth=(client_id, secret),
+    ).json()["access_token"]
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _write(folder: Path, datasets: list[Dataset]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for ds in datasets:
+        (folder / f"{ds.SOPInstanceUID}.dcm").write_bytes(data.part10(ds))
+
+
+def _source_tree(root: Path, patient: str) -> dict[str, Any]:
+    """Two studies in folders, one in a zip, one burned-in screenshot, and a stray file."""
+    first = data.study(ct=4, mr=3, patient_id=patient, patient_name="Kowalczyk^Zofia")
+    second = data.study(ct=5, mr=0, patient_id=patient, patient_name="Kowalczyk^Zofia")
+    zipped = data.study(ct=3, mr=2, patient_id=f"{patient}-B", patient_name="Nowak^Jan")
+    burned = data.image(first[0].StudyInstanceUID, first[0].SeriesInstanceUID, 99)
+    burned.PatientID, burned.PatientName = patient, "Kowalczyk^Zofia"
+    burned.BurnedInAnnotation = "YES"
+    _write(root / "a" / "b", [*first, burned])
+    _write(root / "c", second)
+    with zipfile.ZipFile(root / "c" / "more.zip", "w") as archive:
+        for ds in zipped:
+            archive.writestr(f"dir/{ds.SOPInstanceUID}", data.part10(ds))
+    (root / "notes.txt").write_text("not DICOM")
+    every = first + second + zipped
+    return {
+        "stored": {str(ds.SOPInstanceUID) for ds in every},
+        "quarantined": {str(burned.SOPInstanceUID)},
+        "studies": {str(ds.StudyInstanceUID) for ds in every},
+    }
+
+
+def _import(tmp: Path, args: list[str], hospital: tuple[str, str]) -> Any:
+    env = {
+        "PRIMAGE_DATA_DIR": str(tmp / "edge"),
+        "PRIMAGE_IMPORT_CLIENT_ID": hospital[0],
+        "PRIMAGE_IMPORT_CLIENT_SECRET": hospital[1],
+    }
+    return CliRunner().invoke(main, args, env=env, catch_exceptions=False)
+
+
+def _platform_instances(app: FastAPI) -> int:
+    with app.state.database.engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(dicom_instance)).scalar_one())
+
+
+def test_folder_import_stores_every_instance_pseudonymised(
+    platform: FastAPI, base: str, hospital: tuple[str, str], researcher: dict, tmp_path: Path
+) -> None:
+    tree = _source_tree(tmp_path / "source", "MRN-IMP-1")
+    before = _platform_instances(platform)
+    report = tmp_path / "report.json"
+    result = _import(
+        tmp_path,
+        [
+            "import",
+            "folder",
+            str(tmp_path / "source"),
+            "--to",
+            f"{base}/dicomweb",
+            "--report",
+            str(report),
+            "--batch",
+            "4",
+        ],
+        hospital,
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(report.read_text())
+    assert summary["status"] == "done"
+    assert summary["counts"][STORED]["items"] == len(tree["stored"])
+    assert summary["counts"][QUARANTINED]["items"] == 1
+    assert summary["counts"][FAILED]["items"] == 0
+    [problem] = summary["problems"]
+    assert problem["key"] in tree["quarantined"] and "BurnedInAnnotation" in problem["reason"]
+    assert _platform_instances(platform) - before == len(tree["stored"])
+    # what the platform serves: pseudonyms, no original UID, the studies linked to Patients
+    studies = httpx.get(f"{base}/dicomweb/studies", headers=researcher).json()
+    mine = [s for s in studies if s["00100020"]["Value"][0].startswith("PRM-")]
+    served_uids = {s["0020000D"]["Value"][0] for s in studies}
+    assert not served_uids & tree["studies"]
+    assert len(mine) >= 3
+    for study in mine:
+        pseudonym = study["00100020"]["Value"][0]
+        linked = httpx.get(
+            f"{base}/fhir/ImagingStudy",
+            params={"identifier": f"urn:dicom:uid|urn:oid:{study['0020000D']['Value'][0]}"},
+            headers=researcher,
+        ).json()
+        if linked.get("total"):
+            subject = linked["entry"][0]["resource"]["subject"]["reference"]
+            patient = httpx.get(f"{base}/fhir/{subject}", headers=researcher).json()
+            assert patient["identifier"][0]["value"] == pseudonym
+
+
+def test_the_same_import_again_sends_nothing(
+    platform: FastAPI, base: str, hospital: tuple[str, str], tmp_path: Path
+) -> None:
+    tree = _source_tree(tmp_path / "source", "MRN-IMP-2")
+    args = ["import", "folder", str(tmp_path / "source"), "--to", f"{base}/dicomweb"]
+    assert _import(tmp_path, args, hospital).exit_code == 0
+    stored = _platform_instances(platform)
+    report = tmp_path / "again.json"
+    result = _import(tmp_path, [*args, "--report", str(report)], hospital)
+    assert result.exit_code == 0, result.output
+    counts = json.loads(report.read_text())["counts"]
+    assert counts[PRESENT]["items"] == len(tree["stored"])
+    assert counts[STORED]["items"] == 0
+    assert _platform_instances(platform) == stored
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_a_killed_import_resumes_and_stores_exactly_the_source(
+    platform: FastAPI, base: str, hospital: tuple[str, str], tmp_path: Path
+) -> None:
+    tree = _source_tree(tmp_path / "source", "MRN-IMP-3")
+    before = _platform_instances(platform)
+    settings = Settings(data_dir=tmp_path / "edge")
+    ledger = Ledger(db.make_engine(settings.import_database(), 2))
+    source = FolderSource(tmp_path / "source")
+    job = ledger.create("folder", source.spec(), f"{base}/dicomweb")
+    sent: list[int] = []
+
+    class Dying(StowDestination):
+        def send(self, parts: Any) -> Any:
+            if sent:  # the importer dies during its second batch
+                raise _Killed
+            sent.append(len(parts))
+            return super().send(parts)
+
+    root = base
+    with httpx.Client(timeout=60) as http:
+        token = http.post(
+            f"{root}/oauth/token",
+            data={"grant_type": "client_credentials", "scope": "system/ImagingStudy.c"},
+            auth=hospital,
+        ).json()["access_token"]
+        http.headers["Authorization"] = f"Bearer {token}"
+        with pytest.raises(_Killed):
+            runner.run(ledger, job, source, Dying(f"{root}/dicomweb", http), batch=5)
+    counts = ledger.counts(job.id)
+    assert counts[STORED]["items"] + counts[QUARANTINED]["items"] == 5
+    assert counts[PENDING]["items"] == len(tree["stored"]) + 1 - 5
+    result = _import(tmp_path, ["jobs", "resume", str(job.id), "--batch", "3"], hospital)
+    assert result.exit_code == 0, result.output
+    counts = ledger.counts(job.id)
+    assert counts[STORED]["items"] == len(tree["stored"])
+    assert counts[QUARANTINED]["items"] == 1
+    assert counts[PENDING]["items"] == counts[FAILED]["items"] == 0
+    assert ledger.job(job.id).status == "done"
+    assert _platform_instances(platform) - before == len(tree["stored"])
+
+
+def test_dry_run_lists_and_previews_without_sending(
+    platform: FastAPI, base: str, hospital: tuple[str, str], tmp_path: Path
+) -> None:
+    _source_tree(tmp_path / "source", "MRN-IMP-4")
+    before = _platform_instances(platform)
+    report = tmp_path / "dry.json"
+    result = _import(
+        tmp_path,
+        [
+            "import",
+            "folder",
+            str(tmp_path / "source"),
+            "--to",
+            f"{base}/dicomweb",
+            "--dry-run",
+            "--report",
+            str(report),
+        ],
+        hospital,
+    )
+    assert result.exit_code == 0, result.output
+    assert "would import 18 instances" in result.output
+    assert "2 patients, 3 studies, 5 series" in result.output
+    summary = json.loads(report.read_text())
+    deid = summary["deidentification"]
+    assert {"PatientName", "PatientID", "StudyInstanceUID", "SOPInstanceUID"} <= set(
+        deid["replaced"]
+    ) | set(deid["removed"])
+    assert "ReferringPhysicianName" in set(deid["replaced"]) | set(deid["removed"])
+    assert list(deid["quarantined"].values()) == [1]
+    assert "Kowalczyk" not in result.output and "MRN-IMP-4" not in result.output
+    assert _platform_instances(platform) == before
+    assert (
+        not (tmp_path / "edge" / "imports.db").exists()
+        or not Ledger(
+            db.make_engine(Settings(data_dir=tmp_path / "edge").import_database(), 1)
+        ).jobs()
+    )
+
+
+def test_jobs_list_and_show(hospital: tuple[str, str], base: str, tmp_path: Path) -> None:
+    _source_tree(tmp_path / "source", "MRN-IMP-5")
+    args = ["import", "folder", str(tmp_path / "source"), "--to", f"{base}/dicomweb"]
+    assert _import(tmp_path, args, hospital).exit_code == 0
+    listed = _import(tmp_path, ["jobs", "list"], hospital)
+    assert "folder\tdone" in listed.output and "stored=17" in listed.output
+    shown = _import(tmp_path, ["jobs", "show", "1"], hospital)
+    assert "quarantined" in shown.output and "BurnedInAnnotation" in shown.output
+    assert _import(tmp_path, ["jobs", "show", "99"], hospital).exit_code != 0
