@@ -73,12 +73,12 @@ class FolderSource:
                 size=_size(locator),
             )
 
-    def headers(self) -> Iterator[tuple[str, Any]]:
-        """(locator, header Dataset) of every DICOM file, for a dry run."""
+    def preview(self) -> Iterator[tuple[Any, int]]:
+        """(header Dataset, size) of every DICOM file, for a dry run."""
         for locator, opener in self.files():
             header = _header(opener, full=True)
             if header is not None and "SOPInstanceUID" in header:
-                yield locator, header
+                yield header, _size(locator)
 
     def fetch(self, items: Sequence[Item]) -> Iterator[tuple[Item, bytes | str]]:
         for item in items:

@@ -34,6 +34,10 @@ class Source(Protocol):
         """The pending items' bytes, or the reason one could not be had."""
         ...
 
+    def preview(self) -> Iterator[tuple[Any, int]]:
+        """For --dry-run: (header Dataset, size) of what would be sent, without sending."""
+        ...
+
 
 def plan(ledger: Ledger, job: Job, source: Source) -> None:
     """The source's listing into the ledger (again after a crash while planning)."""

@@ -43,6 +43,9 @@ def ledger(settings: Settings) -> Ledger:
 def source_of(kind: str, spec: dict[str, Any]) -> Source:
     if kind == "folder":
         return FolderSource(Path(spec["path"]))
+    # pacs: curation/pacs.py
+    # dicomweb: curation/dicomweb_source.py
+    # clinical: curation/clinical.py
     raise ValueError(f"unknown import kind {kind!r}")
 
 
