@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean dcmtk
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,10 +17,17 @@ run: $(STAMP)
 	PRIMAGE_DEMO_DATA=$${PRIMAGE_DEMO_DATA:-true} $(BIN)/primage serve --host 127.0.0.1 --port 8080
 
 ## make test: set up, lint, and run the whole suite (SQLite always; PostgreSQL when PRIMAGE_TEST_POSTGRES_URL is set)
-test: $(STAMP)
+test: $(STAMP) dcmtk
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
+
+# The PACS importer's tests and bench talk to dcmtk's dcmqrscp (Debian's dcmtk, as root).
+dcmtk:
+	@command -v dcmqrscp >/dev/null || { \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -qq --no-install-recommends dcmtk >/dev/null 2>&1 || \
+	  { apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends dcmtk >/dev/null; }; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check --fix .

@@ -23,6 +23,11 @@ log = logging.getLogger("primage.import")
 Advance = Callable[[int, int], None]  # (items, bytes) done since the last call
 
 
+class SourceError(Exception):
+    """The source cannot be read (unreachable, refused, malformed): one line saying why,
+    never a payload or a credential."""
+
+
 class Source(Protocol):
     kind: str
 

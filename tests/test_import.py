@@ -290,3 +290,112 @@ def test_jobs_list_and_show(hospital: tuple[str, str], base: str, tmp_path: Path
     shown = _import(tmp_path, ["jobs", "show", "1"], hospital)
     assert "quarantined" in shown.output and "BurnedInAnnotation" in shown.output
     assert _import(tmp_path, ["jobs", "show", "99"], hospital).exit_code != 0
+
+
+def test_an_import_inside_the_platform_shows_its_progress_as_a_task(
+    platform: FastAPI, base: str, researcher: dict, tmp_path: Path
+) -> None:
+    """`--site`: this platform's own archive, as the site's client, through the gateway."""
+    tree = _source_tree(tmp_path / "source", "MRN-IMP-6")
+    before = _platform_instances(platform)
+    settings = platform.state.settings
+    env = {
+        "PRIMAGE_DATA_DIR": str(settings.data_dir),
+        "PRIMAGE_DATABASE_URL": settings.database(),
+        "PRIMAGE_LINKAGE_DATABASE_URL": settings.linkage_database(),
+        "PRIMAGE_GATEWAY_KEY": settings.gateway_key.get_secret_value(),
+        "PRIMAGE_LINKAGE_SECRET": settings.linkage_secret.get_secret_value(),
+        "PRIMAGE_SECRET_KEY": "test-secret-not-for-production",
+        "PRIMAGE_GATEWAY_ENABLED": "true",
+        "PRIMAGE_IDENTIFIED_DATA_GUARD": "true",
+        "PRIMAGE_IMPORT_DATABASE_URL": f"sqlite:///{tmp_path / 'imports.db'}",
+    }
+    args = ["import", "folder", str(tmp_path / "source"), "--site", "IMPORT-HOSPITAL"]
+    result = CliRunner().invoke(main, args, env=env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert _platform_instances(platform) - before == len(tree["stored"])
+    found = httpx.get(
+        f"{base}/fhir/Task",
+        params={"identifier": "https://primage.eu/fhir/NamingSystem/import-job|1"},
+        headers=researcher,
+    ).json()
+    [task] = [e["resource"] for e in found["entry"]]
+    assert task["status"] == "completed"
+    outputs = {o["type"]["text"]: o["valueInteger"] for o in task["output"]}
+    assert outputs[STORED] == len(tree["stored"]) and outputs[QUARANTINED] == 1
+    assert str(tmp_path) not in json.dumps(task)  # the selection (a path) stays in the ledger
+
+
+def test_retry_failed_sends_the_failed_items_again(
+    platform: FastAPI, base: str, hospital: tuple[str, str], tmp_path: Path
+) -> None:
+    tree = _source_tree(tmp_path / "source", "MRN-IMP-7")
+    settings = Settings(data_dir=tmp_path / "edge")
+    ledger = Ledger(db.make_engine(settings.import_database(), 2))
+    source = FolderSource(tmp_path / "source")
+    job = ledger.create("folder", source.spec(), f"{base}/dicomweb")
+
+    class Down:  # the platform away for the whole first run
+        name = f"{base}/dicomweb"
+
+        def send(self, parts: Any) -> Any:
+            return [(key, FAILED, "platform unreachable: ConnectError") for key, _ in parts]
+
+    counts = runner.run(ledger, job, source, Down())
+    assert counts[FAILED]["items"] == len(tree["stored"]) + 1
+    assert ledger.job(job.id).status == "incomplete"
+    result = _import(tmp_path, ["jobs", "retry-failed", str(job.id)], hospital)
+    assert result.exit_code == 0, result.output
+    counts = ledger.counts(job.id)
+    assert counts[STORED]["items"] == len(tree["stored"]) and counts[QUARANTINED]["items"] == 1
+    assert ledger.job(job.id).status == "done"
+
+
+def test_transient_failures_are_retried_with_back_off(
+    base: str, hospital: tuple[str, str], tmp_path: Path
+) -> None:
+    """A refused connection and a 503 before the platform answers: the batch still lands."""
+    study = data.study(ct=2, mr=0, patient_id="MRN-IMP-8", patient_name="Wójcik^Ola")
+    calls: list[str] = []
+
+    class Flaky(httpx.HTTPTransport):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            calls.append(request.url.path)
+            if request.url.path.endswith("/studies") and len(calls) == 1:
+                raise httpx.ConnectError("connection refused", request=request)
+            if request.url.path.endswith("/studies") and len(calls) == 2:
+                return httpx.Response(503, headers={"Retry-After": "0"})
+            return super().handle_request(request)
+
+    from primage.imports import ClientCredentials, Credentials
+
+    token_url = f"{base}/oauth/token"
+    auth = ClientCredentials(token_url, Credentials(*hospital))
+    with httpx.Client(transport=Flaky(), auth=auth, timeout=60) as http:
+        destination = StowDestination(f"{base}/dicomweb", http, backoff=0.01)
+        outcomes = destination.send([(str(ds.SOPInstanceUID), data.part10(ds)) for ds in study])
+    assert [state for _, state, _ in outcomes] == [STORED, STORED]
+    assert calls.count("/dicomweb/studies") == 3
+
+
+def test_resuming_with_the_source_away_says_so_and_keeps_the_job(
+    hospital: tuple[str, str], tmp_path: Path
+) -> None:
+    settings = Settings(data_dir=tmp_path / "edge")
+    ledger = Ledger(db.make_engine(settings.import_database(), 2))
+    spec = {
+        "host": "127.0.0.1",
+        "port": 1,  # nothing listens there
+        "called_ae": "PACS",
+        "calling_ae": "PRIMAGE",
+        "selection": {"patients": ["P1"]},
+        "retrieve": "move",
+        "scp_ae": "PRIMAGE",
+        "scp_port": 11199,
+        "scp_bind": "127.0.0.1",
+    }
+    job = ledger.create("pacs", spec, "http://127.0.0.1:1/dicomweb")
+    result = _import(tmp_path, ["jobs", "resume", str(job.id)], hospital)
+    assert result.exit_code == 1
+    assert "cannot be reached" in result.output and f"job {job.id} can be resumed" in result.output
+    assert ledger.job(job.id).status == "planning"
