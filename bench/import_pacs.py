@@ -40,12 +40,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from pydicom import Dataset
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[0:1] = [str(ROOT), str(ROOT / "bench")]
+from ct_slices import slice_dataset  # noqa: E402
 from fhir_crud import free_port, serve_primage  # noqa: E402
 
 PACS_AE, IMPORTER_AE, CEILING_AE, LOADER_AE = "BENCHPACS", "PRIMAGE", "CEILING", "LOADER"
@@ -55,39 +54,6 @@ SITE = "BENCH-HOSPITAL"
 
 
 # --- data set ----------------------------------------------------------------------------------
-
-
-def slice_dataset(study: str, series: int, uid: str, n: int, patient: int, base: np.ndarray):
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = CTImageStorage
-    ds.SpecificCharacterSet = "ISO_IR 192"
-    ds.PatientName = f"Bench^Patient{patient:03d}"
-    ds.PatientID = f"BENCH-{patient:03d}"
-    ds.PatientBirthDate = "20150101"
-    ds.PatientSex = "F" if patient % 2 else "M"
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, uid
-    ds.StudyDate = f"2024{1 + patient % 12:02d}15"
-    ds.StudyTime = "101500"
-    ds.AccessionNumber = f"ACC{patient:05d}"
-    ds.StudyID = "1"
-    ds.ReferringPhysicianName = "Hong^Gildong"
-    ds.StudyDescription = "Bench CT"
-    ds.Modality = "CT"
-    ds.SeriesNumber = series
-    ds.SeriesDescription = "axial"
-    ds.InstanceNumber = n
-    ds.ImagePositionPatient = [0, 0, n * 2.5]
-    ds.Rows = ds.Columns = 512
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
-    ds.PixelData = np.roll(base, n, axis=0).tobytes()
-    return ds
 
 
 def generate(folder: Path, instances: int) -> list[str]:
@@ -111,7 +77,8 @@ def generate(folder: Path, instances: int) -> list[str]:
             for n in range(1, PER_STUDY // 2 + 1):
                 if made == instances:
                     break
-                ds = slice_dataset(study, series, uid, n, patient, base)
+                ds = slice_dataset(study, uid, n, patient, 512, base)
+                ds.SeriesNumber = series
                 ds.save_as(folder / "dicom" / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
                 made += 1
     manifest.write_text(json.dumps({"studies": studies}))

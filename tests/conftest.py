@@ -20,6 +20,7 @@ import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from pydantic import SecretStr
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from starlette.testclient import TestClient
@@ -75,6 +76,38 @@ def fresh_database(backend_url: str, folder: Path) -> Iterator[str]:
         yield from _postgres_url()
     else:
         yield f"sqlite:///{folder / 'store.db'}"
+
+
+def gateway_platform(
+    settings: Settings,
+    database_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    name: str,
+) -> Iterator[FastAPI]:
+    """The platform as hospitals meet it: OAuth2, the gateway and the identified-data guard
+    on, with a store and a linkage database of its own (so a byte-level search of what it
+    holds sees only what the gateway let in)."""
+    folder = tmp_path_factory.mktemp(f"{name}-platform")
+    for url in fresh_database(database_url, folder):
+        db.upgrade(url)
+        for linkage in fresh_database(database_url, tmp_path_factory.mktemp(f"{name}-linkage")):
+            app = create_app(
+                settings.model_copy(
+                    update={
+                        "database_url": SecretStr(url),
+                        "data_dir": folder,
+                        "auth_enabled": True,
+                        "gateway_enabled": True,
+                        "identified_data_guard": True,
+                        "linkage_database_url": SecretStr(linkage),
+                        "gateway_key": SecretStr(f"{name}-test-gateway-key"),
+                        "linkage_secret": SecretStr(f"{name}-test-linkage-secret"),
+                        "linkage_sync_interval": 0,
+                    }
+                )
+            )
+            yield app
+            app.state.database.engine.dispose()
 
 
 @pytest.fixture(scope="session")

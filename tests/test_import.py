@@ -17,7 +17,6 @@ import httpx
 import pytest
 from click.testing import CliRunner
 from fastapi import FastAPI
-from pydantic import SecretStr
 from pydicom import Dataset
 from sqlalchemy import func, select
 
@@ -27,11 +26,10 @@ from curation.folder import FolderSource
 from curation.ledger import FAILED, PENDING, PRESENT, QUARANTINED, STORED, Ledger
 from dicomweb.schema import dicom_instance
 from primage import db
-from primage.app import create_app
 from primage.cli import main
 from primage.settings import Settings
 from tests import dicom_data as data
-from tests.conftest import fresh_database, serving
+from tests.conftest import gateway_platform, serving
 
 SYSTEM = "https://primage.eu/fhir/NamingSystem/research-pseudonym"
 
@@ -40,27 +38,7 @@ SYSTEM = "https://primage.eu/fhir/NamingSystem/research-pseudonym"
 def platform(
     settings: Settings, database_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[FastAPI]:
-    folder = tmp_path_factory.mktemp("import-platform")
-    for url in fresh_database(database_url, folder):
-        db.upgrade(url)
-        for linkage in fresh_database(database_url, tmp_path_factory.mktemp("import-linkage")):
-            app = create_app(
-                settings.model_copy(
-                    update={
-                        "database_url": SecretStr(url),
-                        "data_dir": folder,
-                        "auth_enabled": True,
-                        "gateway_enabled": True,
-                        "identified_data_guard": True,
-                        "linkage_database_url": SecretStr(linkage),
-                        "gateway_key": SecretStr("import-test-gateway-key"),
-                        "linkage_secret": SecretStr("import-test-linkage-secret"),
-                        "linkage_sync_interval": 0,
-                    }
-                )
-            )
-            yield app
-            app.state.database.engine.dispose()
+    yield from gateway_platform(settings, database_url, tmp_path_factory, "import")
 
 
 @pytest.fixture(scope="module")
@@ -200,34 +178,44 @@ class _Killed(Exception):
     pass
 
 
-def test_a_killed_import_resumes_and_stores_exactly_the_source(
-    platform: FastAPI, base: str, hospital: tuple[str, str], tmp_path: Path
+def edge_ledger(tmp: Path) -> Ledger:
+    """The importer's ledger, in its data directory at the hospital's edge."""
+    return Ledger(db.make_engine(Settings(data_dir=tmp / "edge").import_database(), 2))
+
+
+def run_until_killed(
+    base: str, hospital: tuple[str, str], ledger: Ledger, job: Any, source: Any, batch: int
 ) -> None:
-    tree = _source_tree(tmp_path / "source", "MRN-IMP-3")
-    before = _platform_instances(platform)
-    settings = Settings(data_dir=tmp_path / "edge")
-    ledger = Ledger(db.make_engine(settings.import_database(), 2))
-    source = FolderSource(tmp_path / "source")
-    job = ledger.create("folder", source.spec(), f"{base}/dicomweb")
+    """Runs `job` to the platform at `base` until the importer dies in its second batch."""
     sent: list[int] = []
 
     class Dying(StowDestination):
         def send(self, parts: Any) -> Any:
-            if sent:  # the importer dies during its second batch
+            if sent:
                 raise _Killed
             sent.append(len(parts))
             return super().send(parts)
 
-    root = base
     with httpx.Client(timeout=60) as http:
         token = http.post(
-            f"{root}/oauth/token",
+            f"{base}/oauth/token",
             data={"grant_type": "client_credentials", "scope": "system/ImagingStudy.c"},
             auth=hospital,
         ).json()["access_token"]
         http.headers["Authorization"] = f"Bearer {token}"
         with pytest.raises(_Killed):
-            runner.run(ledger, job, source, Dying(f"{root}/dicomweb", http), batch=5)
+            runner.run(ledger, job, source, Dying(f"{base}/dicomweb", http), batch=batch)
+
+
+def test_a_killed_import_resumes_and_stores_exactly_the_source(
+    platform: FastAPI, base: str, hospital: tuple[str, str], tmp_path: Path
+) -> None:
+    tree = _source_tree(tmp_path / "source", "MRN-IMP-3")
+    before = _platform_instances(platform)
+    ledger = edge_ledger(tmp_path)
+    source = FolderSource(tmp_path / "source")
+    job = ledger.create("folder", source.spec(), f"{base}/dicomweb")
+    run_until_killed(base, hospital, ledger, job, source, batch=5)
     counts = ledger.counts(job.id)
     assert counts[STORED]["items"] + counts[QUARANTINED]["items"] == 5
     assert counts[PENDING]["items"] == len(tree["stored"]) + 1 - 5

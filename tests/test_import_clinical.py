@@ -17,16 +17,14 @@ import httpx
 import pytest
 from click.testing import CliRunner
 from fastapi import FastAPI
-from pydantic import SecretStr
 
 from curation.clinical import ClinicalSource, ExportError
 from curation.clinical_mapping import Mapping, MappingError
 from curation.ledger import FAILED, PRESENT, STORED, Ledger
 from primage import db, imports
-from primage.app import create_app
 from primage.cli import main
 from primage.settings import Settings
-from tests.conftest import fresh_database, serving
+from tests.conftest import gateway_platform, serving
 
 PSEUDONYM = "https://primage.eu/fhir/NamingSystem/research-pseudonym"
 ICDO3 = "http://terminology.hl7.org/CodeSystem/icd-o-3"
@@ -43,27 +41,7 @@ SITE = "CLINICAL-HOSPITAL"
 def platform(
     settings: Settings, database_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[FastAPI]:
-    folder = tmp_path_factory.mktemp("clinical-platform")
-    for url in fresh_database(database_url, folder):
-        db.upgrade(url)
-        for linkage in fresh_database(database_url, tmp_path_factory.mktemp("clinical-linkage")):
-            app = create_app(
-                settings.model_copy(
-                    update={
-                        "database_url": SecretStr(url),
-                        "data_dir": folder,
-                        "auth_enabled": True,
-                        "gateway_enabled": True,
-                        "identified_data_guard": True,
-                        "linkage_database_url": SecretStr(linkage),
-                        "gateway_key": SecretStr("clinical-test-gateway-key"),
-                        "linkage_secret": SecretStr("clinical-test-linkage-secret"),
-                        "linkage_sync_interval": 0,
-                    }
-                )
-            )
-            yield app
-            app.state.database.engine.dispose()
+    yield from gateway_platform(settings, database_url, tmp_path_factory, "clinical")
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,6 @@ from pydantic import SecretStr
 from pydicom import dcmread
 from pydicom.uid import RLELossless
 
-from curation import runner
-from curation.destination import StowDestination
 from curation.dicomweb_source import READ_SCOPE, DicomwebSource, HttpxAuth, Selection
 from curation.ledger import FAILED, PENDING, PRESENT, QUARANTINED, STORED, Item, Ledger
 from primage import db
@@ -36,9 +34,11 @@ from tests.test_import import (  # the platform fixtures, reused
     _import,
     _platform_instances,
     base,
+    edge_ledger,
     hospital,
     platform,
     researcher,
+    run_until_killed,
 )
 
 __all__ = ["base", "hospital", "platform", "researcher"]  # fixtures used by name
@@ -196,36 +196,15 @@ def test_the_same_import_again_stores_nothing_twice(
     assert _platform_instances(platform) == stored
 
 
-class _Killed(Exception):
-    pass
-
-
 def test_a_killed_import_resumes_to_exactly_the_source(
     platform: FastAPI, base: str, hospital: tuple[str, str], source: str, tmp_path: Path
 ) -> None:
     e = _load(source, "MRN-DW-E", "Hong^Gildong", [{"ct": 4, "mr": 3}, {"ct": 2, "mr": 0}], True)
     before = _platform_instances(platform)
-    ledger = Ledger(db.make_engine(Settings(data_dir=tmp_path / "edge").import_database(), 2))
+    ledger = edge_ledger(tmp_path)
     dicomweb = DicomwebSource(source, Selection(patients=("MRN-DW-E",)))
     job = ledger.create("dicomweb", dicomweb.spec(), f"{base}/dicomweb")
-    sent: list[int] = []
-
-    class Dying(StowDestination):
-        def send(self, parts: Any) -> Any:
-            if sent:  # the importer dies during its second batch
-                raise _Killed
-            sent.append(len(parts))
-            return super().send(parts)
-
-    with httpx.Client(timeout=60) as http:
-        token = http.post(
-            f"{base}/oauth/token",
-            data={"grant_type": "client_credentials", "scope": "system/ImagingStudy.c"},
-            auth=hospital,
-        ).json()["access_token"]
-        http.headers["Authorization"] = f"Bearer {token}"
-        with pytest.raises(_Killed):
-            runner.run(ledger, job, dicomweb, Dying(f"{base}/dicomweb", http), batch=3)
+    run_until_killed(base, hospital, ledger, job, dicomweb, batch=3)
     total = len(e["stored"]) + 1
     counts = ledger.counts(job.id)
     assert counts[STORED]["items"] + counts[QUARANTINED]["items"] == 3

@@ -28,12 +28,8 @@ from fastapi import FastAPI
 from pydicom import Dataset, dcmread
 from pydicom.uid import generate_uid
 
-from curation import runner
-from curation.destination import StowDestination
-from curation.ledger import FAILED, PENDING, QUARANTINED, STORED, Item, Ledger
+from curation.ledger import FAILED, PENDING, QUARANTINED, STORED, Item
 from curation.pacs import PacsError, PacsSource, Selection
-from primage import db
-from primage.settings import Settings
 from tests import dicom_data as data
 from tests import test_import
 from tests.test_gateway import _stored_text
@@ -45,6 +41,8 @@ hospital = test_import.hospital
 researcher = test_import.researcher
 _import = test_import._import
 _platform_instances = test_import._platform_instances
+edge_ledger = test_import.edge_ledger
+run_until_killed = test_import.run_until_killed
 
 PACS_AE, IMPORTER_AE, SCP_AE, LOADER_AE = "TESTPACS", "PRIMAGE", "PRIMAGESCP", "LOADER"
 # dcmtk waits for delayed ACKs (40 ms a message) unless told to set TCP_NODELAY
@@ -283,36 +281,15 @@ def test_instances_arrive_in_part_10_as_the_pacs_sent_them(pacs: Pacs, retrieve:
     assert ds == pacs.plain  # every element, pixel data included
 
 
-class _Killed(Exception):
-    pass
-
-
 def test_a_killed_import_resumes_and_stores_exactly_the_source(
     pacs: Pacs, platform: FastAPI, base: str, hospital: tuple[str, str], tmp_path: Path
 ) -> None:
     expected = pacs.sops("MRN-PACS-3")
     before = _platform_instances(platform)
-    ledger = Ledger(db.make_engine(Settings(data_dir=tmp_path / "edge").import_database(), 2))
+    ledger = edge_ledger(tmp_path)
     source = pacs.source(Selection(accessions=("ACC-3A", "ACC-3B")))
     job = ledger.create(source.kind, source.spec(), f"{base}/dicomweb")
-    sent: list[int] = []
-
-    class Dying(StowDestination):
-        def send(self, parts: Any) -> Any:
-            if sent:  # the importer dies during its second batch
-                raise _Killed
-            sent.append(len(parts))
-            return super().send(parts)
-
-    with httpx.Client(timeout=60) as http:
-        token = http.post(
-            f"{base}/oauth/token",
-            data={"grant_type": "client_credentials", "scope": "system/ImagingStudy.c"},
-            auth=hospital,
-        ).json()["access_token"]
-        http.headers["Authorization"] = f"Bearer {token}"
-        with pytest.raises(_Killed):
-            runner.run(ledger, job, source, Dying(f"{base}/dicomweb", http), batch=8)
+    run_until_killed(base, hospital, ledger, job, source, batch=8)
     counts = ledger.counts(job.id)
     assert counts[STORED]["items"] + counts[QUARANTINED]["items"] == 8
     assert counts[PENDING]["items"] == len(expected) - 8
