@@ -182,7 +182,9 @@ def prepare(
             writer = _rewrite(blobs, writer, dataset)
             checked = parts.check(dataset)
             outcome.sop_class_uid, outcome.sop_uid = checked.sop_class_uid, checked.sop_uid
-            layout = parts.layout_of_file(writer.path, checked.transfer_syntax)
+            layout = parts.layout_of_written(
+                dataset, writer.size, checked.transfer_syntax, writer.path
+            )
         document = parts.metadata(checked)
         key = blobs.commit(writer)
         outcome.prepared = Prepared(

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from moto.server import ThreadedMotoServer
 from starlette.testclient import TestClient
 
+from dicomweb import instance as parts
 from dicomweb.blobs import S3BlobStore
 from dicomweb.reindex import reindex_tags
 from primage.app import create_app
@@ -232,3 +233,26 @@ def test_garbage_collection_removes_only_unreferenced_old_blobs(
         headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
     )
     assert meta.status_code == 200  # a referenced blob survives
+
+
+@pytest.mark.parametrize(
+    "shape",
+    ["16-bit", "8-bit odd length", "trailing padding", "multi-frame"],
+)
+def test_the_pixel_layout_of_a_written_file_is_where_a_reader_finds_it(
+    shape: str, tmp_path: Path
+) -> None:
+    """layout_of_written reckons the pixel offset from the file size; a reader must agree."""
+    ds = data.image("1.2.3", "1.2.3.4", 1, frames=3 if shape == "multi-frame" else 1)
+    if shape == "8-bit odd length":
+        ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 3, 3, 8, 8, 7
+        ds.PixelData = bytes(range(9))
+    if shape == "trailing padding":  # pixel data is not the last element: read it instead
+        ds.add_new(0xFFFCFFFC, "OB", b"\0" * 4)
+    path = tmp_path / "written.dcm"
+    path.write_bytes(data.part10(ds))
+    syntax = str(ds.file_meta.TransferSyntaxUID)
+    reckoned = parts.layout_of_written(ds, path.stat().st_size, syntax, path)
+    assert reckoned == parts.layout_of_file(path, syntax)
+    offset = reckoned["pixel_offset"]
+    assert path.read_bytes()[offset : offset + len(ds.PixelData)] == ds.PixelData
