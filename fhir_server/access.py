@@ -30,6 +30,8 @@ PERMISSION = {
     "conditional-update": "us",
     "conditional-patch": "urs",
     "conditional-delete": "ds",
+    # the terminology operations read the resource they name and search its type
+    "operation": "rs",
 }
 PUBLIC = {"capabilities", "batch/transaction"}  # a Bundle's entries are checked one by one
 READS = {i for i, letters in PERMISSION.items() if set(letters) <= {"r", "s"}} | PUBLIC

@@ -37,6 +37,7 @@ from .schema import resource
 from .search import SearchCompiler, sort
 from .search.values import parse_count
 from .searchparams import Registry
+from .terminology import Inputs, Operations, TerminologyStore
 
 # Parameters whose index rows are per resource type: system search needs _type for them.
 _NEEDS_TYPE = {"_has", "_tag", "_profile", "_security", "_source"}
@@ -50,6 +51,7 @@ class Route:
     type: str | None = None
     id: str | None = None
     version: str | None = None
+    operation: str | None = None  # "$expand" for operations
 
 
 # path shape -> {method: interaction}; the one place that says which requests exist
@@ -65,6 +67,8 @@ _TABLE: dict[str, dict[str, str]] = {
         "DELETE": "conditional-delete",
     },
     "T/_search": {"POST": "search-type"},
+    "T/$": {"GET": "operation", "POST": "operation"},
+    "T/I/$": {"GET": "operation", "POST": "operation"},
     "T/_history": {"GET": "history-type"},
     "T/I": {"GET": "read", "PUT": "update", "PATCH": "patch", "DELETE": "delete"},
     "T/I/_history": {"GET": "history-instance"},
@@ -80,7 +84,8 @@ def route(method: str, path: str) -> Route:
     methods = _TABLE[shape]
     if method not in methods:
         raise MethodNotAllowed(method, tuple(methods))
-    return Route(methods[method], type_, id_, version)
+    operation = parts[-1] if shape.endswith("$") else None
+    return Route(methods[method], type_, id_, None if operation else version, operation)
 
 
 def _shape(parts: list[str]) -> tuple[str, str | None, str | None, str | None]:
@@ -96,9 +101,13 @@ def _shape(parts: list[str]) -> tuple[str, str | None, str | None, str | None]:
         return "T", type_, None, None
     if len(rest) == 1 and rest[0] in {"_search", "_history"}:
         return f"T/{rest[0]}", type_, None, None
+    if len(rest) == 1 and rest[0].startswith("$"):
+        return "T/$", type_, None, None
     id_ = check_id(rest[0])
     if len(rest) == 1:
         return "T/I", type_, id_, None
+    if len(rest) == 2 and rest[1].startswith("$"):
+        return "T/I/$", type_, id_, None
     if rest[1] == "_history" and len(rest) in (2, 3):
         return (
             ("T/I/_history" if len(rest) == 2 else "T/I/_history/V"),
@@ -170,6 +179,7 @@ class Options:
     default_count: int = 50
     max_count: int = 1000
     capability: Callable[[str], dict[str, Any]] | None = None
+    terminology: TerminologyStore | None = None  # None: no terminology operations
 
 
 class Interactions:
@@ -326,6 +336,25 @@ class Interactions:
             type_, params, strict=True, default_count=2, max_count=2
         )
         return [s for _, s in repo.search_ids(type_, crit.where, None, 2)]
+
+    # --- operations -------------------------------------------------------------------------
+
+    def _operation(self, repo: Repository, req: Request, r: Route) -> Response:
+        """Terminology operations (terminology/operations.py), at type or instance level."""
+        assert r.type and r.operation
+        store = self.options.terminology
+        if store is None:
+            raise NotFound(f"Operation {r.operation[:40]} is not supported", code="not-supported")
+        instance = None
+        if r.id is not None:
+            stored = repo.read(r.type, r.id)
+            assert stored.content is not None
+            instance = jsonio.loads(stored.content)
+        body = req.body if req.method == "POST" else None
+        operations = Operations(store.get(repo.conn), repo.site)
+        return Response(
+            200, operations.run(r.type, r.operation, Inputs(req.params, body), instance)
+        )
 
     # --- search and history ---------------------------------------------------------------
 

@@ -28,6 +28,7 @@ READ_ONLY = {
     "history-type",
     "history-system",
     "capabilities",
+    "operation",  # every operation served (terminology) only reads
 }
 
 

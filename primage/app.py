@@ -24,6 +24,7 @@ from fhir_server.interactions import Interactions, Options
 from fhir_server.paging import PageTokens
 from fhir_server.searchparams import base_registry
 from fhir_server.service import FhirService
+from fhir_server.terminology import TerminologyStore
 from pseudonymisation.guard import FhirGuard
 from pseudonymisation.linkage import api as linkage_api
 
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             default_count=settings.fhir_default_count,
             max_count=settings.fhir_max_count,
             capability=lambda base: capability_statement(base, registry, max_body_bytes=max_body),
+            terminology=TerminologyStore(),
         ),
     )
     trail = (

@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 import uvicorn
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 from fhir_server.reindex import Progress
 
@@ -47,7 +48,12 @@ def serve(host: str, port: int, workers: int, demo: bool | None) -> None:
     if make_url(url).get_backend_name() == "sqlite":
         db.upgrade(url)
     if demo if demo is not None else settings.demo_data:
-        _load_demo(settings, f"http://{host}:{port}/dicomweb")
+        _load_demo(settings, f"http://{host}:{port}/dicomweb")  # first: into an empty store
+    # Shipped terminology, once, before the workers start (idempotent: no new versions)
+    try:
+        click.echo(f"terminology: {load_shipped_terminology(settings)}")
+    except DBAPIError as exc:  # a PostgreSQL not migrated yet: `primage db upgrade` first
+        click.echo(f"terminology: not loaded ({type(exc.orig).__name__})", err=True)
     base = settings.base_url or f"http://{host}:{port}/fhir"
     click.echo(f"primage FHIR R4B server: {base}")
     click.echo(f"  capability statement: {base}/metadata")
@@ -351,6 +357,48 @@ def _progress(steps: Iterator[Progress], label: str) -> int:
             bar.update(progress.done - last)
             last = progress.done
     return last
+
+
+def load_shipped_terminology(settings: Settings) -> str:
+    """What `primage serve` loads at start (mappings/README.md)."""
+    from fhir_server.terminology import load
+
+    return _load_terminology(settings, load.shipped(settings.mappings_dir))
+
+
+def _load_terminology(settings: Settings, paths: list[Path]) -> str:
+    """Load `paths` as platform data, indexed for search like any write."""
+    from fhir_server.indexing import Indexer
+    from fhir_server.searchparams import base_registry
+    from fhir_server.terminology import load
+
+    engine = db.make_engine(settings.database(), 1)
+    indexer = Indexer(base_registry()) if settings.search_indexing else None
+    try:
+        database = db.Database(engine, indexer)
+        return str(load.load(database.write, load.read_all(paths)))
+    finally:
+        engine.dispose()
+
+
+@main.group()
+def terminology() -> None:
+    """Code systems, value sets and concept maps."""
+
+
+@terminology.command("load")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+def terminology_load(path: Path) -> None:
+    """Store a CodeSystem / ValueSet / ConceptMap file, a Bundle of them, or a directory
+    (as platform data; unchanged resources are skipped). Search indexing applies as for
+    any write; the running server indexes the terminology at its next operation."""
+    from fhir_server.errors import FhirError
+
+    try:
+        report = _load_terminology(Settings(), [path])
+    except FhirError as err:
+        raise click.ClickException(err.diagnostics) from None
+    click.echo(f"terminology: {report}")
 
 
 @main.group()

@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     # `primage linkage sync`)
     linkage_sync_interval: float = 30.0
 
+    # Shipped terminology and mapping data (mappings/ of the source tree; set in images)
+    mappings_dir: Path = Path(__file__).resolve().parents[1] / "mappings"
+
     # Import jobs' ledger: the importer's own state, with the source's identifiers (see
     # curation/ledger.py); default SQLite at {data_dir}/imports.db
     import_database_url: SecretStr | None = None

@@ -1,0 +1,18 @@
+"""Terminology: CodeSystem, ValueSet and ConceptMap resources indexed in memory
+(`index.py`), kept in step with the store (`store.py`), served as FHIR operations
+(`operations.py`)."""
+
+from .index import CodeSystemIndex, Concept, Entry, Match, Terminology
+from .operations import Inputs, Operations
+from .store import TerminologyStore
+
+__all__ = [
+    "CodeSystemIndex",
+    "Concept",
+    "Entry",
+    "Inputs",
+    "Match",
+    "Operations",
+    "Terminology",
+    "TerminologyStore",
+]
