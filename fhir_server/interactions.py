@@ -31,13 +31,13 @@ from .errors import (
     Unprocessable,
 )
 from .instant import format_instant, parse_interval
+from .operations import Call, Handler, Inputs
 from .paging import PageTokens
 from .repository import Cursor, Repository, Stored, check_id
 from .schema import resource
 from .search import SearchCompiler, sort
 from .search.values import parse_count
 from .searchparams import Registry
-from .terminology import Inputs, Operations, TerminologyStore
 
 # Parameters whose index rows are per resource type: system search needs _type for them.
 _NEEDS_TYPE = {"_has", "_tag", "_profile", "_security", "_source"}
@@ -179,7 +179,8 @@ class Options:
     default_count: int = 50
     max_count: int = 1000
     capability: Callable[[str], dict[str, Any]] | None = None
-    terminology: TerminologyStore | None = None  # None: no terminology operations
+    # (type or "*", "$name") -> handler: the operations served (fhir_server/operations.py)
+    operations: dict[tuple[str, str], Handler] = field(default_factory=dict)
 
 
 class Interactions:
@@ -340,21 +341,22 @@ class Interactions:
     # --- operations -------------------------------------------------------------------------
 
     def _operation(self, repo: Repository, req: Request, r: Route) -> Response:
-        """Terminology operations (terminology/operations.py), at type or instance level."""
+        """An operation from the table in Options.operations, at type or instance level."""
         assert r.type and r.operation
-        store = self.options.terminology
-        if store is None:
-            raise NotFound(f"Operation {r.operation[:40]} is not supported", code="not-supported")
+        table = self.options.operations
+        handler = table.get((r.type, r.operation)) or table.get(("*", r.operation))
+        if handler is None:
+            raise NotFound(
+                f"Operation {r.operation[:40]} is not supported on {r.type}", code="not-supported"
+            )
         instance = None
         if r.id is not None:
             stored = repo.read(r.type, r.id)
             assert stored.content is not None
             instance = jsonio.loads(stored.content)
         body = req.body if req.method == "POST" else None
-        operations = Operations(store.get(repo.conn), repo.site)
-        return Response(
-            200, operations.run(r.type, r.operation, Inputs(req.params, body), instance)
-        )
+        call = Call(r.type, r.operation, Inputs(req.params, body), instance, repo.site, req.base)
+        return Response(200, handler(repo, call))
 
     # --- search and history ---------------------------------------------------------------
 

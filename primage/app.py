@@ -17,6 +17,7 @@ from dicomweb.errors import DicomWebError
 from dicomweb.qido import tag_hex
 from dicomweb.service import Archive
 from fhir_server import api as fhir_api
+from fhir_server import terminology
 from fhir_server.capability import capability_statement
 from fhir_server.errors import Issue, operation_outcome
 from fhir_server.indexing import Indexer
@@ -24,7 +25,6 @@ from fhir_server.interactions import Interactions, Options
 from fhir_server.paging import PageTokens
 from fhir_server.searchparams import base_registry
 from fhir_server.service import FhirService
-from fhir_server.terminology import TerminologyStore
 from pseudonymisation.guard import FhirGuard
 from pseudonymisation.linkage import api as linkage_api
 
@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             default_count=settings.fhir_default_count,
             max_count=settings.fhir_max_count,
             capability=lambda base: capability_statement(base, registry, max_body_bytes=max_body),
-            terminology=TerminologyStore(),
+            operations=terminology.handlers(terminology.TerminologyStore()),
         ),
     )
     trail = (

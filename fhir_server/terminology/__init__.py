@@ -3,16 +3,16 @@
 (`operations.py`)."""
 
 from .index import CodeSystemIndex, Concept, Entry, Match, Terminology
-from .operations import Inputs, Operations
+from .operations import Operations, handlers
 from .store import TerminologyStore
 
 __all__ = [
     "CodeSystemIndex",
     "Concept",
     "Entry",
-    "Inputs",
     "Match",
     "Operations",
     "Terminology",
     "TerminologyStore",
+    "handlers",
 ]

@@ -21,7 +21,10 @@ from typing import Any
 
 from ..errors import InvalidRequest, NotFound
 from ..instant import format_instant
+from ..operations import Call, Handler, Inputs
+from ..repository import Repository
 from .index import Terminology
+from .store import TerminologyStore
 
 OPERATIONS: dict[tuple[str, str], str] = {
     ("CodeSystem", "$lookup"): "lookup",
@@ -34,78 +37,14 @@ OPERATIONS: dict[tuple[str, str], str] = {
 MAX_EXPANSION = 10_000  # an expansion larger than this needs count (and offset)
 
 
-class Inputs:
-    """An operation's input parameters: names to values (strings, Codings or resources)."""
+def handlers(store: TerminologyStore) -> dict[tuple[str, str], Handler]:
+    """The terminology operations, for the router's table (see fhir_server/operations.py)."""
 
-    def __init__(self, query: list[tuple[str, str]], body: Any) -> None:
-        self.values: dict[str, list[Any]] = {}
-        for name, value in query:
-            if name not in ("_format", "_pretty"):
-                self.values.setdefault(name, []).append(value)
-        if body is None:
-            return
-        if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
-            raise InvalidRequest("An operation's body must be a Parameters resource")
-        for p in body.get("parameter") or []:
-            name = p.get("name") if isinstance(p, dict) else None
-            if not isinstance(name, str):
-                raise InvalidRequest("Every Parameters.parameter needs a name", ("Parameters",))
-            if "resource" in p:
-                value: Any = p["resource"]
-            else:
-                found = [v for k, v in p.items() if k.startswith("value")]
-                if len(found) != 1:
-                    raise InvalidRequest(f"Parameter {name[:40]} needs one value[x]", (name,))
-                value = found[0]
-            self.values.setdefault(name, []).append(value)
+    def handle(repo: Repository, call: Call) -> dict[str, Any]:
+        operations = Operations(store.get(repo.conn), call.site)
+        return operations.run(call.type, call.name, call.inputs, call.instance)
 
-    def text(self, name: str) -> str | None:
-        values = self.values.get(name)
-        if not values:
-            return None
-        if len(values) > 1:
-            raise InvalidRequest(f"Parameter {name} may be given once", (name,))
-        value = values[0]
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        if isinstance(value, int):
-            return str(value)
-        if not isinstance(value, str):
-            raise InvalidRequest(f"Parameter {name} must be a primitive value", (name,))
-        return value
-
-    def all_text(self, name: str) -> list[str]:
-        return [v for v in self.values.get(name, []) if isinstance(v, str)]
-
-    def integer(self, name: str) -> int | None:
-        text = self.text(name)
-        if text is None:
-            return None
-        if not text.isdigit():
-            raise InvalidRequest(f"Parameter {name} must be a non-negative integer", (name,))
-        return int(text)
-
-    def boolean(self, name: str) -> bool:
-        text = self.text(name)
-        if text not in (None, "true", "false"):
-            raise InvalidRequest(f"Parameter {name} must be true or false", (name,))
-        return text == "true"
-
-    def coding(self, name: str) -> dict[str, Any] | None:
-        values = self.values.get(name)
-        if not values:
-            return None
-        value = values[0]
-        if isinstance(value, str):  # GET: system|code
-            system, sep, code = value.rpartition("|")
-            return {"system": system, "code": code} if sep else {"code": value}
-        if not isinstance(value, dict) or "code" not in value:
-            raise InvalidRequest(f"Parameter {name} must be a Coding with a code", (name,))
-        return value
-
-    def resource(self, name: str) -> dict[str, Any] | None:
-        value = (self.values.get(name) or [None])[0]
-        return value if isinstance(value, dict) and "resourceType" in value else None
+    return {key: handle for key in OPERATIONS}
 
 
 class Operations:
