@@ -61,7 +61,7 @@ def capability_statement(base: str, registry: Registry, *, max_body_bytes: int) 
             "description": "primage FHIR R4B server (request bodies up to "
             f"{max_body_bytes} bytes; JSON only; search by the R4B SearchParameters listed, "
             "chaining, _has, _include and _revinclude; not yet: _sort, composite parameters, "
-            ":of-type, :identifier, :in/:not-in, system-level search)",
+            ":of-type, :identifier, system-level search)",
             "url": base,
         },
         "fhirVersion": models.FHIR_VERSION,

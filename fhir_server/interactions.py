@@ -38,6 +38,7 @@ from .schema import resource
 from .search import SearchCompiler, sort
 from .search.values import parse_count
 from .searchparams import Registry
+from .terminology import TerminologyStore
 
 # Parameters whose index rows are per resource type: system search needs _type for them.
 _NEEDS_TYPE = {"_has", "_tag", "_profile", "_security", "_source"}
@@ -181,6 +182,8 @@ class Options:
     capability: Callable[[str], dict[str, Any]] | None = None
     # (type or "*", "$name") -> handler: the operations served (fhir_server/operations.py)
     operations: dict[tuple[str, str], Handler] = field(default_factory=dict)
+    # the terminology index (a TerminologyStore) behind :in, :not-in, :below, :above
+    terminology: TerminologyStore | None = None
 
 
 class Interactions:
@@ -333,10 +336,16 @@ class Interactions:
         if not params:
             raise InvalidRequest(f"Conditional {what} needs search criteria", (what,))
         # strict: a conditional interaction must not ignore a criterion it cannot evaluate
-        crit = SearchCompiler(self.options.registry, "", repo.site, grant).compile(
-            type_, params, strict=True, default_count=2, max_count=2
+        compiler = SearchCompiler(
+            self.options.registry, "", repo.site, grant, self._terminology(repo)
         )
+        crit = compiler.compile(type_, params, strict=True, default_count=2, max_count=2)
         return [s for _, s in repo.search_ids(type_, crit.where, None, 2)]
+
+    def _terminology(self, repo: Repository) -> Callable[[], Any] | None:
+        """The terminology snapshot for this transaction, read only if a search needs it."""
+        store = self.options.terminology
+        return None if store is None else lambda: store.get(repo.conn)
 
     # --- operations -------------------------------------------------------------------------
 
@@ -396,7 +405,9 @@ class Interactions:
         path: str,
     ) -> Response:
         params = [(k, v) for k, v in (state["params"] if state else req.params) if k != "_type"]
-        compiler = SearchCompiler(self.options.registry, req.base, repo.site, req.access)
+        compiler = SearchCompiler(
+            self.options.registry, req.base, repo.site, req.access, self._terminology(repo)
+        )
         # R4B: with several types, every parameter must be common to all of them.
         strict = _prefers(req, "handling") == "strict" or (types is not None and len(types) > 1)
         compiled = [

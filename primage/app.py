@@ -51,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     database = db.Database(engine, indexer if settings.search_indexing else None, guard)
     pseudonymiser = gateway.build(settings, database.read) if settings.gateway_enabled else None
     max_body = settings.fhir_max_body_bytes
+    terms = terminology.TerminologyStore()  # one index: operations and search modifiers
     interactions = Interactions(
         PageTokens(settings.secret()),
         Options(
@@ -58,7 +59,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             default_count=settings.fhir_default_count,
             max_count=settings.fhir_max_count,
             capability=lambda base: capability_statement(base, registry, max_body_bytes=max_body),
-            operations=terminology.handlers(terminology.TerminologyStore()),
+            operations=terminology.handlers(terms),
+            terminology=terms,
         ),
     )
     trail = (

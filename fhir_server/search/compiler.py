@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, not_, or_, select
 from sqlalchemy.orm import aliased
@@ -23,9 +23,12 @@ from ..errors import InvalidRequest, Issue
 from ..models import is_resource_type
 from ..schema import INDEX_TABLES, resource, search_reference
 from ..searchparams import Registry, SearchParam
-from . import date, number, reference, string, token, uri
+from . import concepts, date, number, reference, string, token, uri
 from .sort import parse_sort
 from .values import parse_count, split_values
+
+if TYPE_CHECKING:
+    from ..terminology import Terminology
 
 MAX_DEPTH = 3
 IGNORED = {"_format", "_pretty", "_page"}
@@ -82,12 +85,27 @@ class Unsupported(InvalidRequest):
 
 class SearchCompiler:
     def __init__(
-        self, registry: Registry, base: str, site: str | None = None, grant: Any = None
+        self,
+        registry: Registry,
+        base: str,
+        site: str | None = None,
+        grant: Any = None,
+        terminology: Callable[[], Terminology] | None = None,
     ) -> None:
         self.registry = registry
         self.base = base
         self.site = site  # chains and _has look only at resources this site may see
         self.grant = grant  # ...and only into types the caller may search (None: any)
+        self._terminology = terminology  # for :in, :not-in, :below, :above on tokens
+        self._terms: Terminology | None = None
+
+    def terms(self, name: str) -> Terminology:
+        """The terminology snapshot, read once per compiler (that is, per search)."""
+        if self._terminology is None:
+            raise Unsupported(f"{name[:64]}: this server has no terminology for the modifier")
+        if self._terms is None:
+            self._terms = self._terminology()
+        return self._terms
 
     def _searchable(self, type_: str) -> None:
         if self.grant is not None and not self.grant.allows(type_, "s"):
@@ -221,7 +239,10 @@ class SearchCompiler:
         groups = []
         for raw in [value] if isinstance(value, str) else value:
             values = split_values(raw, name)
-            if param.type == "reference":
+            if param.type == "token" and modifier in concepts.MODIFIERS:
+                pairs = concepts.codings(self.terms(name), values, modifier, name, self.site)
+                matches = [concepts.match(table, pairs)]
+            elif param.type == "reference":
                 if not reference.modifiers_ok(modifier):
                     raise Unsupported(f"Modifier :{modifier[:32]} is not supported on {param.code}")
                 matches = [
@@ -237,7 +258,7 @@ class SearchCompiler:
                 ]
             groups.append(or_(*matches))
         query = select(table.c.resource_pk).where(*rows, *groups)
-        return PkSet(query, negated=modifier == "not")
+        return PkSet(query, negated=modifier in ("not", "not-in"))
 
     def _on_resource(self, type_: str, code: str, modifier: str, value: str, name: str) -> PkSet:
         if modifier:

@@ -119,6 +119,7 @@ class CodeSystemIndex:
             concept.parents &= self.concepts.keys()
             for parent in concept.parents:
                 self.concepts[parent].children.add(concept.code)
+        self.hierarchical = any(c.parents for c in self.concepts.values())
 
     def _add(self, raw: dict[str, Any]) -> Concept:
         code = raw.get("code")
