@@ -224,7 +224,7 @@ class Bundles:
                 access.check(req.access, "create", [entry.where.type or "*"])
                 if repo.site is not None:
                     access.check_platform(entry.where.type)
-                body = models.validate(entry.resource, entry.where.type)
+                body = self.interactions.validated(repo, entry.resource, entry.where.type)
             except FhirError as err:
                 raise _located(err, entry) from None
             target = ids.get(entry.full_url or "")

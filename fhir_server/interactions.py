@@ -184,6 +184,8 @@ class Options:
     operations: dict[tuple[str, str], Handler] = field(default_factory=dict)
     # the terminology index (a TerminologyStore) behind :in, :not-in, :below, :above
     terminology: TerminologyStore | None = None
+    # (repo, resource) -> None or Unprocessable: the check of the profiles a write claims
+    profile_check: Callable[[Repository, dict[str, Any]], None] | None = None
 
 
 class Interactions:
@@ -192,6 +194,14 @@ class Interactions:
     def __init__(self, tokens: PageTokens, options: Options) -> None:
         self.tokens = tokens
         self.options = options
+
+    def validated(self, repo: Repository, body: Any, resource_type: str | None) -> dict[str, Any]:
+        """A write's body checked against the R4B model, then against the profiles it
+        claims in meta.profile that this server knows (422 when it fails one)."""
+        checked = models.validate(body, resource_type)
+        if self.options.profile_check is not None and "meta" in checked:
+            self.options.profile_check(repo, checked)
+        return checked
 
     def run(self, repo: Repository, req: Request, where: Route) -> Response:
         repo.site = req.actor.site if req.actor is not None else None
@@ -227,7 +237,7 @@ class Interactions:
 
     def _create(self, repo: Repository, req: Request, r: Route) -> Response:
         assert r.type
-        body = models.validate(req.body, r.type)
+        body = self.validated(repo, req.body, r.type)
         condition = req.header("if-none-exist")
         if condition:
             matches = self.matches(repo, r.type, condition, "If-None-Exist", req.access)
@@ -243,7 +253,7 @@ class Interactions:
 
     def _update(self, repo: Repository, req: Request, r: Route) -> Response:
         assert r.type and r.id
-        body = models.validate(req.body, r.type)
+        body = self.validated(repo, req.body, r.type)
         if body.get("id") != r.id:
             raise InvalidRequest(
                 "The resource id must be present and equal to the id in the URL"
@@ -263,7 +273,7 @@ class Interactions:
         patched = _apply_patch(current, req.body)
         if patched.get("resourceType") != r.type or patched.get("id") != r.id:
             raise Unprocessable("A patch must not change resourceType or id", ("id",))
-        body = models.validate(patched, r.type)
+        body = self.validated(repo, patched, r.type)
         stored, _ = repo.update(body, r.id, current.version)
         return written(stored, req.base, 200)
 
@@ -290,7 +300,7 @@ class Interactions:
         else:
             target = body.get("id") if isinstance(body.get("id"), str) else None
             if target is None:
-                validated = models.validate(req.body, r.type)
+                validated = self.validated(repo, req.body, r.type)
                 return written(repo.create(validated), req.base, 201)
             check_id(target)
             if repo.current(r.type, target) is not None:

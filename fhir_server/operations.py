@@ -39,7 +39,13 @@ class Inputs:
                 self.values.setdefault(name, []).append(value)
         if body is None:
             return
-        if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
+        kind = body.get("resourceType") if isinstance(body, dict) else None
+        if isinstance(kind, str) and kind != "Parameters":
+            # operations.html: a resource posted as the body is the input named `resource`
+            # (how $validate is usually called)
+            self.values["resource"] = [body]
+            return
+        if not isinstance(body, dict) or kind != "Parameters":
             raise InvalidRequest("An operation's body must be a Parameters resource")
         for p in body.get("parameter") or []:
             name = p.get("name") if isinstance(p, dict) else None

@@ -17,7 +17,7 @@ from dicomweb.errors import DicomWebError
 from dicomweb.qido import tag_hex
 from dicomweb.service import Archive
 from fhir_server import api as fhir_api
-from fhir_server import terminology
+from fhir_server import sdc, terminology
 from fhir_server.capability import capability_statement
 from fhir_server.errors import Issue, operation_outcome
 from fhir_server.indexing import Indexer
@@ -25,6 +25,7 @@ from fhir_server.interactions import Interactions, Options
 from fhir_server.paging import PageTokens
 from fhir_server.searchparams import base_registry
 from fhir_server.service import FhirService
+from fhir_server.validation import Profiles
 from pseudonymisation.guard import FhirGuard
 from pseudonymisation.linkage import api as linkage_api
 
@@ -52,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     pseudonymiser = gateway.build(settings, database.read) if settings.gateway_enabled else None
     max_body = settings.fhir_max_body_bytes
     terms = terminology.TerminologyStore()  # one index: operations and search modifiers
+    profiles = Profiles(terms)  # $validate and the profile check of writes
     interactions = Interactions(
         PageTokens(settings.secret()),
         Options(
@@ -59,7 +61,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             default_count=settings.fhir_default_count,
             max_count=settings.fhir_max_count,
             capability=lambda base: capability_statement(base, registry, max_body_bytes=max_body),
-            operations=terminology.handlers(terms),
+            operations={
+                **terminology.handlers(terms),
+                **profiles.handlers(),
+                **sdc.handlers(registry, terms),
+            },
+            profile_check=profiles.check_write,
             terminology=terms,
         ),
     )

@@ -52,8 +52,19 @@ class Report:
 
 def shipped(mappings: Path) -> list[Path]:
     """What the platform loads at start from `mappings/`: the code system subsets and value
-    sets (terminology/) and the ConceptMaps (conceptmaps/)."""
-    return [p for p in (mappings / "terminology", mappings / "conceptmaps") if p.is_dir()]
+    sets (terminology/) and the ConceptMaps (conceptmaps/); and the cohort e-forms
+    (Questionnaires) of `profiles/questionnaires/` beside it; the PRIMAGE profiles
+    (`profiles/structuredefinitions/`) and the value sets they bind (`profiles/valuesets/`)."""
+    profiles = mappings.parent / "profiles"
+    questionnaires = profiles / "questionnaires"
+    found = (
+        mappings / "terminology",
+        mappings / "conceptmaps",
+        questionnaires,
+        profiles / "valuesets",
+        profiles / "structuredefinitions",
+    )
+    return [p for p in found if p.is_dir()]
 
 
 def read_all(paths: Iterable[Path]) -> Iterator[tuple[dict[str, Any], int]]:

@@ -1,0 +1,334 @@
+"""`$extract` (SDC, https://hl7.org/fhir/uv/sdc/extraction.html): a completed
+QuestionnaireResponse becomes a transaction Bundle of the resources its answers record.
+
+- Observation-based: each enabled, answered item with `code` under the
+  `sdc-questionnaire-observationExtract` extension (on the item, a group above it or the
+  Questionnaire) gives one Observation per answer: `code` from item.code, the value from the
+  answer (a decimal or integer with a `questionnaire-unit` as a UCUM Quantity, a Coding as
+  a CodeableConcept), the category from `sdc-questionnaire-observation-extract-category`,
+  `effectiveDateTime` from the group's date item whose definition is
+  Observation.effectiveDateTime, else QuestionnaireResponse.authored.
+- Definition-based: a group with `sdc-questionnaire-definitionExtract` (or the legacy
+  `itemExtractionContext` valueCode) gives one resource of that type; each answered item
+  below it whose `definition` is `<canonical>#Type.path` sets that element (`[x]` takes the
+  answer's type), and `sdc-questionnaire-definitionExtractValue` fixed values are set first.
+
+Every resource gets the response's subject; entries are `POST` with `urn:uuid:` fullUrls.
+The response must be completed (or amended) and answer every enabled required item: if not,
+422 naming the item's linkId. `$extract` writes nothing: the client POSTs the Bundle to the
+FHIR base (a site through its gateway, which pseudonymises it like any write).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from fhir.resources.R4B import get_fhir_model_class
+
+from .. import models
+from ..errors import InvalidRequest, Unprocessable
+from .forms import (
+    ANSWER_TYPES,
+    CORE_DEFINITION,
+    DEFINITION_EXTRACT,
+    DEFINITION_VALUE,
+    EFFECTIVE,
+    ITEM_CONTEXT,
+    OBSERVATION_CATEGORY,
+    OBSERVATION_EXTRACT,
+    UNIT,
+    Form,
+    answers_by_link,
+    extension,
+    sub_value,
+    value_of,
+    walk,
+)
+
+COMPLETE = ("completed", "amended")
+
+
+def extract(
+    questionnaire: dict[str, Any],
+    response: dict[str, Any],
+    response_ref: str | None,
+    fits: Callable[[dict[str, Any], dict[str, Any]], bool] = lambda item, coding: True,
+) -> dict[str, Any]:
+    """The transaction Bundle for `response` (see the module doc); `response_ref`, when the
+    response is stored, becomes each Observation's derivedFrom; `fits(item, coding)` says
+    whether a coded answer is one the item allows."""
+    form = check(questionnaire, response, fits)
+    subject = response["subject"]
+    entries: list[dict[str, Any]] = []
+    for group, _ in walk(questionnaire.get("item") or []):
+        if _definition_target(group) and form.enabled(group):
+            built = _definition_based(form, group, subject)
+            if built is not None:
+                entries.append(built)
+    for item, parent in walk(questionnaire.get("item") or []):
+        if item.get("type") == "group" or not item.get("code") or not form.enabled(item):
+            continue
+        if not _observation_extract(form, item):
+            continue
+        effective = _effective(form, parent) or response.get("authored")
+        for answer in form.answers.get(item["linkId"], []):
+            entries.append(_observation(item, answer, subject, effective, response_ref))
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+                "resource": resource,
+                "request": {"method": "POST", "url": resource["resourceType"]},
+            }
+            for resource in entries
+        ],
+    }
+    return bundle
+
+
+def check(
+    questionnaire: dict[str, Any],
+    response: dict[str, Any],
+    fits: Callable[[dict[str, Any], dict[str, Any]], bool],
+) -> Form:
+    """The response is complete and fits the Questionnaire: or 422 with the item's linkId."""
+    models.validate(response, "QuestionnaireResponse")
+    if response.get("status") not in COMPLETE:
+        raise Unprocessable(
+            "Only a completed QuestionnaireResponse is extracted", ("QuestionnaireResponse.status",)
+        )
+    reference = (response.get("subject") or {}).get("reference") or ""
+    if not reference.startswith("Patient/") and not reference.startswith("urn:uuid:"):
+        raise Unprocessable(
+            "The QuestionnaireResponse needs a Patient subject", ("QuestionnaireResponse.subject",)
+        )
+    form = Form(questionnaire, answers_by_link(response))
+    for link, answers in form.answers.items():
+        item = form.items.get(link)
+        if item is None:
+            raise Unprocessable(f"Item {link[:64]} is not in the Questionnaire", _at(link))
+        allowed = ANSWER_TYPES.get(item.get("type", ""), ())
+        for answer in answers:
+            found = value_of(answer)
+            if found is None or found[0] not in allowed:
+                raise Unprocessable(f"Item {link} has an answer of the wrong type", _at(link))
+            if found[0] == "valueCoding" and not fits(item, found[1]):
+                raise Unprocessable(f"Item {link} has an answer not in its answer set", _at(link))
+        if len(answers) > 1 and not item.get("repeats"):
+            raise Unprocessable(f"Item {link} does not repeat but has several answers", _at(link))
+    for item, _ in walk(questionnaire.get("item") or []):
+        if item.get("type") in ("group", "display") or not item.get("required"):
+            continue
+        if form.enabled(item) and not form.answers.get(item["linkId"]):
+            raise Unprocessable(
+                f"Item {item['linkId']} is required and has no answer", _at(item["linkId"])
+            )
+    return form
+
+
+def _at(link: str) -> tuple[str, ...]:
+    return (f"QuestionnaireResponse.item.where(linkId='{link[:64]}')",)
+
+
+def _observation_extract(form: Form, item: dict[str, Any]) -> bool:
+    """The nearest observationExtract on the item, its groups or the Questionnaire."""
+    node: dict[str, Any] | None = item
+    while node is not None:
+        ext = extension(node, OBSERVATION_EXTRACT)
+        if ext is not None:
+            return ext.get("valueBoolean") is True
+        node = form.parents.get(node["linkId"])
+    ext = extension(form.questionnaire, OBSERVATION_EXTRACT)
+    return ext is not None and ext.get("valueBoolean") is True
+
+
+def _effective(form: Form, group: dict[str, Any] | None) -> str | None:
+    for sibling in (group or {}).get("item") or []:
+        if sibling.get("definition") == EFFECTIVE and form.enabled(sibling):
+            answer = next(iter(form.answers.get(sibling["linkId"], [])), None)
+            if answer is not None:
+                found = value_of(answer)
+                return found[1] if found else None
+    return None
+
+
+def _observation(
+    item: dict[str, Any],
+    answer: dict[str, Any],
+    subject: dict[str, Any],
+    effective: str | None,
+    response_ref: str | None,
+) -> dict[str, Any]:
+    obs: dict[str, Any] = {"resourceType": "Observation", "status": "final"}
+    category = extension(item, OBSERVATION_CATEGORY)
+    if category is not None:
+        obs["category"] = [category["valueCodeableConcept"]]
+    obs["code"] = {
+        "coding": item["code"],
+        "text": item.get("text") or item["code"][0].get("display"),
+    }
+    obs["subject"] = subject
+    if effective:
+        obs["effectiveDateTime"] = effective
+    if response_ref:
+        obs["derivedFrom"] = [{"reference": response_ref}]
+    key, value = value_of(answer) or ("", None)
+    unit = (extension(item, UNIT) or {}).get("valueCoding")
+    if key in ("valueDecimal", "valueInteger") and unit is not None:
+        quantity = {"value": value, "unit": unit.get("display") or unit.get("code")}
+        obs["valueQuantity"] = quantity | {k: unit[k] for k in ("system", "code") if k in unit}
+    elif key == "valueDecimal":
+        obs["valueQuantity"] = {"value": value}
+    elif key == "valueCoding":
+        obs["valueCodeableConcept"] = {"coding": [value]}
+    elif key == "valueDate":
+        obs["valueDateTime"] = value
+    elif key == "valueUri":
+        obs["valueString"] = value
+    elif key == "valueReference":
+        raise Unprocessable(
+            f"Item {item['linkId']}: a Reference is not an Observation value", _at(item["linkId"])
+        )
+    else:
+        obs[key] = value
+    return obs
+
+
+# --- definition-based ---------------------------------------------------------------------
+
+
+def _definition_target(group: dict[str, Any]) -> tuple[str, str] | None:
+    """(canonical, resource type) a group extracts, or None."""
+    ext = extension(group, DEFINITION_EXTRACT)
+    if ext is not None:
+        canonical = sub_value(ext, "definition")
+        if not isinstance(canonical, str):
+            raise InvalidRequest(f"definitionExtract on {group['linkId']} has no definition")
+        return canonical, _type_of(group, canonical)
+    legacy = extension(group, ITEM_CONTEXT)
+    if legacy is not None and isinstance(legacy.get("valueCode"), str):
+        return CORE_DEFINITION + legacy["valueCode"], legacy["valueCode"]
+    return None
+
+
+def _type_of(group: dict[str, Any], canonical: str) -> str:
+    for item, _ in walk(group.get("item") or []):
+        prefix, sep, path = (item.get("definition") or "").partition("#")
+        if sep and prefix == canonical:
+            return path.split(".")[0]
+    return canonical.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _definition_based(
+    form: Form, group: dict[str, Any], subject: dict[str, Any]
+) -> dict[str, Any] | None:
+    target = _definition_target(group)
+    assert target is not None
+    canonical, type_ = target
+    resource: dict[str, Any] = {"resourceType": type_}
+    if not canonical.startswith(CORE_DEFINITION):
+        resource["meta"] = {"profile": [canonical]}
+    answered = False
+    for ext in group.get("extension") or []:
+        if ext.get("url") == DEFINITION_VALUE:
+            path = _path(sub_value(ext, "definition"), canonical)
+            fixed = sub_value(ext, "fixed-value")
+            if path and fixed is not None:
+                set_path(resource, path, ("fixed", fixed))
+    for item, _ in walk(group.get("item") or []):
+        path = _path(item.get("definition"), canonical)
+        if path is None or not form.enabled(item):
+            continue
+        for answer in form.answers.get(item["linkId"], []):
+            found = value_of(answer)
+            if found is not None:
+                set_path(resource, path, found)
+                answered = True
+    if not answered:
+        return None
+    if "subject" in _model_fields(type_):
+        resource["subject"] = subject
+    elif "patient" in _model_fields(type_):
+        resource["patient"] = subject
+    return resource
+
+
+def _path(definition: Any, canonical: str) -> list[str] | None:
+    if not isinstance(definition, str):
+        return None
+    prefix, sep, path = definition.partition("#")
+    if not sep or prefix != canonical:
+        return None
+    return path.split(".")[1:]
+
+
+def _model_fields(type_: str) -> dict[str, Any]:
+    try:
+        return get_fhir_model_class(type_).model_fields  # type: ignore[no-any-return]
+    except (KeyError, ValueError):
+        raise InvalidRequest(f"{type_[:64]} is not an R4B type") from None
+
+
+# A Questionnaire answer type -> the FHIR type names of `[x]` it may fill, in order
+_CHOICE = {
+    "valueDate": ("Date", "DateTime"),
+    "valueDateTime": ("DateTime",),
+    "valueCoding": ("CodeableConcept", "Coding"),
+    "valueDecimal": ("Quantity", "Decimal"),
+    "valueInteger": ("Integer", "Quantity"),
+    "valueBoolean": ("Boolean",),
+    "valueString": ("String",),
+    "valueQuantity": ("Quantity",),
+    "valueReference": ("Reference",),
+}
+
+
+def set_path(resource: dict[str, Any], path: list[str], answer: tuple[str, Any]) -> None:
+    """Set resource.<path> from an answer (value[x] key, value), creating the elements on
+    the way (the first of a list); the last element is appended to when it is a list."""
+    node, type_ = resource, resource["resourceType"]
+    for i, name in enumerate(path):
+        fields = _model_fields(type_)
+        if name.endswith("[x]"):
+            stem = name[:-3]
+            options = _CHOICE.get(answer[0], ()) if answer[0] != "fixed" else ()
+            name = next((stem + o for o in options if stem + o in fields), "")
+        if name not in fields:
+            raise InvalidRequest(f"{type_}.{path[i][:64]} is not an element the form can set")
+        annotation = str(fields[name].annotation)
+        is_list = "List[" in annotation
+        found = re.search(r"abc\.(\w+)Type", annotation)
+        element_type = found.group(1) if found else None
+        if i == len(path) - 1:
+            value = _convert(answer, element_type)
+            if is_list:
+                node.setdefault(name, []).append(value)
+            else:
+                node[name] = value
+            return
+        if element_type is None:
+            raise InvalidRequest(f"{type_}.{name} has no elements")
+        if is_list:
+            children = node.setdefault(name, [])
+            if not children:
+                children.append({})
+            node = children[0]
+        else:
+            node = node.setdefault(name, {})
+        type_ = element_type
+
+
+def _convert(answer: tuple[str, Any], element_type: str | None) -> Any:
+    key, value = answer
+    if key == "fixed":
+        return value
+    if key == "valueCoding" and element_type == "CodeableConcept":
+        return {"coding": [value]}
+    if key in ("valueDecimal", "valueInteger") and element_type == "Quantity":
+        return {"value": value}
+    return value

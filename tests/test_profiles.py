@@ -1,0 +1,235 @@
+"""The PRIMAGE profiles (profiles/) and their validation: every example through `$validate`
+and through a write (each invalid one fails for its documented reason, at its documented
+location), the `profile` and `mode` parameters, instance-level `$validate`, and the clinical
+importer's output against the profiles; on both databases."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+from starlette.testclient import TestClient
+
+from curation.clinical import ClinicalSource
+from fhir_server import models
+from fhir_server.terminology import Terminology, load
+from fhir_server.validation import Profile, Validator, compile_profile
+from pseudonymisation.fhir_deid import FhirDeidentifier, FhirPolicy
+from tests.conftest import FHIR_JSON
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = sorted((ROOT / "profiles" / "examples").glob("*.json"))
+SD = "https://primage.eu/fhir/StructureDefinition/"
+PSEUDONYM = "https://primage.eu/fhir/NamingSystem/research-pseudonym"
+
+# the documented reason of each invalid example (profiles/examples/README.md):
+# (location, issue code)
+INVALID = {
+    "primage-patient-invalid-name": ("Patient.name", "structure"),
+    "primage-patient-invalid-no-pseudonym": ("Patient.identifier", "required"),
+    "primage-nb-diagnosis-invalid-morphology": ("Condition.code", "code-invalid"),
+    "primage-nb-diagnosis-invalid-laterality-type": (
+        "Condition.bodySite[0].extension[0].valueString",
+        "structure",
+    ),
+    "primage-inrg-stage-invalid-inss-value": ("Observation.valueCodeableConcept", "code-invalid"),
+    "primage-mycn-status-invalid-no-gene": ("Observation.component", "required"),
+    "primage-urinary-catecholamine-invalid-unit-system": ("Observation.valueQuantity", "value"),
+    "primage-dipg-diagnosis-invalid-site": ("Condition.bodySite[0]", "value"),
+    "primage-h3k27m-status-invalid-value-type": ("Observation.valueString", "structure"),
+    "primage-lansky-score-invalid-range": ("Observation", "invariant"),
+}
+
+
+def _example(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def shipped(app: FastAPI, client: TestClient) -> TestClient:
+    paths = load.shipped(app.state.settings.mappings_dir)
+    load.load(app.state.database.write, load.read_all(paths))
+    return client
+
+
+def _errors(outcome: dict) -> list[dict]:
+    return [i for i in outcome["issue"] if i["severity"] in ("error", "fatal")]
+
+
+def _post(client: TestClient, path: str, body: dict, **params: str):
+    return client.post(path, json=body, params=params, headers={"Content-Type": FHIR_JSON})
+
+
+def test_every_profile_has_a_valid_and_an_invalid_example():
+    profiles = {
+        json.loads(p.read_text())["url"]
+        for p in (ROOT / "profiles" / "structuredefinitions").glob("*.json")
+    }
+    claimed: dict[str, set[bool]] = {}
+    for path in EXAMPLES:
+        for url in _example(path)["meta"]["profile"]:
+            claimed.setdefault(url, set()).add(path.stem in INVALID)
+    resources = {u for u in profiles if not u.endswith("primage-laterality")}  # an extension
+    assert {u for u, kinds in claimed.items() if kinds == {True, False}} == resources
+    assert all("-invalid-" in s for s in INVALID) and len(INVALID) == sum(
+        "-invalid-" in p.stem for p in EXAMPLES
+    )
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_validate_example(shipped, path):
+    resource = _example(path)
+    r = _post(shipped, f"/fhir/{resource['resourceType']}/$validate", resource)
+    assert r.status_code == 200, r.text
+    outcome = r.json()
+    assert outcome["resourceType"] == "OperationOutcome"
+    errors = _errors(outcome)
+    if path.stem not in INVALID:
+        assert errors == [], errors
+        assert outcome["issue"][-1]["severity"] == "information"
+        return
+    where, code = INVALID[path.stem]
+    assert any(e["expression"] == [where] and e["code"] == code for e in errors), errors
+    assert all(str(v) not in json.dumps(errors) for v in ("Garcia", "NB-0001"))  # no values
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_write_example(shipped, path):
+    resource = _example(path)
+    type_, id_ = resource["resourceType"], resource["id"]
+    r = shipped.put(f"/fhir/{type_}/{id_}", json=resource, headers={"Content-Type": FHIR_JSON})
+    if path.stem not in INVALID:
+        assert r.status_code in (200, 201), r.text
+        return
+    assert r.status_code == 422, r.text
+    where, code = INVALID[path.stem]
+    assert any(e["expression"] == [where] and e["code"] == code for e in _errors(r.json()))
+    assert shipped.get(f"/fhir/{type_}/{id_}").status_code == 404
+    # create (POST) refuses it the same way, and so does a transaction
+    resource.pop("id")
+    assert _post(shipped, f"/fhir/{type_}", resource).status_code == 422
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [{"resource": resource, "request": {"method": "POST", "url": type_}}],
+    }
+    r = _post(shipped, "/fhir", bundle)
+    assert r.status_code == 422, r.text
+
+
+def test_parameters_body_and_profile_parameter(shipped):
+    resource = _example(ROOT / "profiles/examples/primage-lansky-score-invalid-range.json")
+    del resource["meta"]
+    body = {"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": resource}]}
+    r = _post(shipped, "/fhir/Observation/$validate", body)
+    assert _errors(r.json()) == []  # no profile claimed, none asked for: the base model only
+    body["parameter"].append({"name": "profile", "valueUri": SD + "PrimageLanskyScore"})
+    r = _post(shipped, "/fhir/Observation/$validate", body)
+    assert [e["code"] for e in _errors(r.json())] == ["invariant"]
+    r = _post(shipped, "/fhir/Observation/$validate", resource, profile=SD + "PrimageINRGStage")
+    codes = {(e["expression"][0], e["code"]) for e in _errors(r.json())}
+    assert ("Observation.code", "value") in codes  # not the INRG code
+    assert ("Observation.focus", "required") in codes
+    r = _post(shipped, "/fhir/Observation/$validate", resource, profile=SD + "Nope")
+    assert [e["code"] for e in _errors(r.json())] == ["not-found"]
+    r = _post(shipped, "/fhir/Patient/$validate", resource, profile=SD + "PrimagePatient")
+    assert r.status_code == 200 and _errors(r.json())  # the resource is not a Patient
+
+
+def test_base_model_errors_are_issues(shipped):
+    resource = {"resourceType": "Patient", "active": "perhaps", "birthDate": "2019-03"}
+    r = _post(shipped, "/fhir/Patient/$validate", resource, profile=SD + "PrimagePatient")
+    assert r.status_code == 200
+    where = {e["expression"][0] for e in _errors(r.json())}
+    assert "Patient.active" in where and "Patient.identifier" in where
+
+
+def test_instance_level_and_modes(shipped):
+    lansky = _example(ROOT / "profiles/examples/primage-lansky-score-valid.json")
+    r = shipped.put(
+        f"/fhir/Observation/{lansky['id']}", json=lansky, headers={"Content-Type": FHIR_JSON}
+    )
+    assert r.status_code in (200, 201)
+    path = f"/fhir/Observation/{lansky['id']}/$validate"
+    r = shipped.get(path)
+    assert r.status_code == 200 and _errors(r.json()) == []
+    r = shipped.get(path, params={"profile": SD + "PrimageMYCNStatus"})
+    assert {e["expression"][0] for e in _errors(r.json())} >= {"Observation.component"}
+    assert _errors(shipped.get(path, params={"mode": "delete"}).json()) == []
+    no_id = {k: v for k, v in lansky.items() if k != "id"}
+    r = _post(shipped, "/fhir/Observation/$validate", no_id, mode="update")
+    assert [e["expression"] for e in _errors(r.json())] == [["id"]]
+    assert _post(shipped, "/fhir/Observation/$validate", no_id, mode="nope").status_code == 400
+    assert shipped.get("/fhir/Observation/$validate").status_code == 400  # nothing to validate
+
+
+def test_writes_without_a_known_profile_are_not_profiled(shipped):
+    resource = _example(ROOT / "profiles/examples/primage-lansky-score-invalid-range.json")
+    resource.pop("id")
+    resource["meta"] = {"profile": ["https://example.org/fhir/StructureDefinition/unknown"]}
+    assert _post(shipped, "/fhir/Observation", resource).status_code == 201
+    del resource["meta"]
+    assert _post(shipped, "/fhir/Observation", resource).status_code == 201
+
+
+# --- the clinical importer's output against the profiles -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def offline() -> tuple[dict[str, Profile], Terminology]:
+    """The shipped profiles and terminology, indexed in process (no server)."""
+    terminology, profiles = Terminology(), {}
+    for res, _ in load.read_all(load.shipped(ROOT / "mappings")):
+        if res["resourceType"] in ("CodeSystem", "ValueSet", "ConceptMap"):
+            terminology.add(res)
+        elif res["resourceType"] == "StructureDefinition":
+            profiles[res["url"]] = compile_profile(res)
+    return profiles, terminology
+
+
+def _profile_of(resource: dict, cohort: str) -> str | None:
+    if resource["resourceType"] == "Patient":
+        return "PrimagePatient"
+    if resource["resourceType"] == "Condition":
+        return "PrimageNeuroblastomaDiagnosis" if cohort == "nb" else "PrimageDIPGDiagnosis"
+    code = resource["code"]["coding"][0]["code"]
+    by_code = {
+        "C133427": "PrimageINRGStage",
+        "3124-5": "PrimageUrinaryCatecholamine",
+        "C38144": "PrimageLanskyScore",
+        "69548-6": "PrimageMYCNStatus" if cohort == "nb" else "PrimageH3K27MStatus",
+    }
+    return by_code.get(code)  # INSS stage, radiotherapy: no profile yet
+
+
+@pytest.mark.parametrize(
+    "export,mapping,cohort",
+    [
+        ("neuroblastoma-registry.csv", "neuroblastoma-registry.yaml", "nb"),
+        ("dipg-registry.xlsx", "dipg-registry.yaml", "dipg"),
+    ],
+)
+def test_importer_output_conforms(offline, export, mapping, cohort):
+    profiles, terminology = offline
+    validator = Validator(profiles.get, terminology)
+    deid = FhirDeidentifier(FhirPolicy.load(), b"k" * 32, PSEUDONYM)
+    source = ClinicalSource(ROOT / "mappings/examples" / export, ROOT / "mappings" / mapping)
+    checked = set()
+    for group in source.groups:
+        if group.bundle is None:
+            continue  # the export's deliberately bad rows
+        for entry in group.bundle["entry"]:
+            resource = entry["resource"]
+            if resource["resourceType"] == "Patient":  # as the gateway stores it
+                resource = deid.deidentify(resource, site="s", offset_days=-3, pseudonym="PRM-1")
+            name = _profile_of(resource, cohort)
+            if name is None:
+                continue
+            models.validate(resource)
+            issues = validator.validate(resource, profiles[SD + name])
+            assert [i for i in issues if i.severity == "error"] == [], (name, issues)
+            checked.add(name)
+    expected = {"PrimagePatient", "PrimageNeuroblastomaDiagnosis" if cohort == "nb" else ""}
+    assert expected - {""} <= checked and len(checked) >= 4
