@@ -13,6 +13,10 @@ that does not parse, a missing required value, a number out of range, or a resou
 R4B models refuse fails the patient's item with reasons that name the row and the column,
 and the patient is not sent; the other patients are not held up.
 
+A resource whose map names a `profile` claims it in `meta.profile`, so the platform checks it
+against that profile on write: a resource that does not conform refuses its patient's
+transaction (422) and the platform's reason is reported for that patient.
+
 Each resource is PUT with an id derived from the patient's local id (and, for per-row
 resources, the row's identifying columns): sending a patient again updates the same
 resources instead of adding copies (the gateway maps a site's ids to the same platform ids
@@ -379,7 +383,7 @@ def _per_patient(
             cells[column] = first
     if rmap.only_if and not any(c in cells for c in rmap.only_if):
         return None
-    resource = {"resourceType": rmap.resource_type, "id": resource_id, **_copy(rmap.fixed)}
+    resource = _new(rmap, resource_id)
     numbers = sorted({n for n, _ in cells.values()}) or [rows[0][0]]
     filled = set()
     for column in rmap.columns:
@@ -402,7 +406,7 @@ def _per_row(
             continue
         identity = [normalise(_text(values.get(c))) for c in id_columns]
         resource_id = _id(mapping.name, mapping.identifier_system, local_id, rmap.key, *identity)
-        resource = {"resourceType": rmap.resource_type, "id": resource_id, **_copy(rmap.fixed)}
+        resource = _new(rmap, resource_id)
         filled = set()
         for column in rmap.columns:
             unit = values.get(column.unit_column) if column.unit_column else None
@@ -423,6 +427,14 @@ def _per_row(
                 )
             )
     return list(made.values())
+
+
+def _new(rmap: ResourceMap, resource_id: str) -> dict[str, Any]:
+    """A resource of the map: its id, the profiles it claims and its fixed values."""
+    resource: dict[str, Any] = {"resourceType": rmap.resource_type, "id": resource_id}
+    if rmap.profiles:
+        resource["meta"] = {"profile": list(rmap.profiles)}
+    return resource | _copy(rmap.fixed)
 
 
 def _read_columns(rmap: ResourceMap) -> list[str]:

@@ -21,6 +21,11 @@ documents the format; in short, each column has
 
 A value the mapping does not know is an error, never passed through: an import sends
 codes, not the registry's local labels.
+
+Per resource (and for the patient), `profile` names the StructureDefinition canonical(s)
+the resource claims in `meta.profile`: the platform checks every write that claims a profile
+it knows, and refuses the patient's transaction (422, the reason reported per patient) when
+a resource does not conform.
 """
 
 from __future__ import annotations
@@ -67,7 +72,16 @@ _COLUMN_KEYS = {
     "units",
     "required",
 }
-_RESOURCE_KEYS = {"resourceType", "fixed", "columns", "only_if", "per", "id_columns", "links"}
+_RESOURCE_KEYS = {
+    "resourceType",
+    "profile",
+    "fixed",
+    "columns",
+    "only_if",
+    "per",
+    "id_columns",
+    "links",
+}
 _REFUSED_EQUIVALENCE = {"unmatched", "disjoint"}
 
 
@@ -101,6 +115,7 @@ class ResourceMap:
     per: str = "patient"  # patient: one per patient; row: one per row
     id_columns: tuple[str, ...] = ()  # per row: what tells one row's resource from another
     links: dict[str, str] = field(default_factory=dict)  # element -> another resource's key
+    profiles: tuple[str, ...] = ()  # canonicals claimed in meta.profile
 
 
 @dataclass(frozen=True)
@@ -222,6 +237,15 @@ class _Loader:
         if not models.is_resource_type(type_):
             raise MappingError(f"{where}: {type_!r} is not an R4B resource type")
         fixed = _dict(raw.get("fixed") or {}, f"{where}: fixed")
+        if "meta" in fixed:
+            raise MappingError(f"{where}: fixed.meta: name profiles with `profile`")
+        profile = raw.get("profile") or ()
+        profiles = [profile] if isinstance(profile, str) else profile
+        if not isinstance(profiles, list | tuple):
+            raise MappingError(f"{where}: profile is a canonical URL or a list of them")
+        for url in profiles:
+            if not isinstance(url, str) or not re.fullmatch(r"https?://\S+", url):
+                raise MappingError(f"{where}: profile {str(url)[:80]!r} is not a canonical URL")
         columns_raw = _dict(raw.get("columns"), f"{where}: columns")
         columns = tuple(
             self.column(str(name), spec, type_, f"{where}.columns.{name}")
@@ -254,6 +278,7 @@ class _Loader:
             per=per,
             id_columns=id_columns,
             links=links,
+            profiles=tuple(profiles),
         )
 
     def column(self, name: str, raw: Any, resource_type: str, where: str) -> Column:

@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from curation.clinical import ClinicalSource, ExportError
 from curation.clinical_mapping import Mapping, MappingError
 from curation.ledger import FAILED, PRESENT, STORED, Ledger
+from fhir_server.terminology import load
 from primage import db, imports
 from primage.cli import main
 from primage.settings import Settings
@@ -41,7 +42,11 @@ SITE = "CLINICAL-HOSPITAL"
 def platform(
     settings: Settings, database_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[FastAPI]:
-    yield from gateway_platform(settings, database_url, tmp_path_factory, "clinical")
+    for app in gateway_platform(settings, database_url, tmp_path_factory, "clinical"):
+        # the profiles and terminology `primage serve` loads at start: every import below is
+        # checked against the profiles its mapping claims
+        load.load(app.state.database.write, load.read_all(load.shipped(MAPPINGS)))
+        yield app
 
 
 @pytest.fixture(scope="module")
@@ -255,3 +260,36 @@ def test_an_export_or_mapping_that_does_not_fit_stops_before_a_job(tmp_path: Pat
     (tmp_path / "m.yaml").write_text(text.replace("code: C133430", "codes: C133430"))
     with pytest.raises(MappingError, match="inrg_stage"):
         Mapping.load(tmp_path / "m.yaml")
+
+
+def test_a_row_a_profile_refuses_fails_its_patient_with_the_platform_reason(
+    base: str, hospital: tuple[str, str], researcher: dict, tmp_path: Path
+) -> None:
+    """Lansky 55 passes the mapping (0..100) but not PrimageLanskyScore (steps of 10): the
+    platform refuses that patient's transaction with 422, the other patient is stored."""
+    from openpyxl import load_workbook
+
+    book = load_workbook(DIPG_XLSX)
+    sheet = book["registry"]
+    header = [c.value for c in sheet[1]]
+    sheet.delete_rows(4, sheet.max_row)  # keep DIPG-101 and DIPG-102, as new patients
+    for row, local_id in ((2, "DIPG-901"), (3, "DIPG-902")):
+        sheet.cell(row, header.index("patient_id") + 1, local_id)
+    sheet.cell(2, header.index("lansky") + 1, 55)
+    export = tmp_path / "lansky.xlsx"
+    book.save(export)
+    before = _patients(base, researcher)
+    report = tmp_path / "report.json"
+    args = ["import", "clinical", str(export), "--mapping", str(DIPG_MAP), "--to", base]
+    result = _cli(tmp_path / "edge", [*args, "--report", str(report)], hospital)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(report.read_text())
+    assert summary["counts"][STORED]["items"] == 1 and summary["counts"][FAILED]["items"] == 1
+    [problem] = summary["problems"]
+    reason = problem["reason"]
+    assert reason.startswith("HTTP 422: Bundle.entry["), reason
+    assert "PrimageLanskyScore" in reason and "prm-lansky-1" in reason
+    new = [p for k, p in _patients(base, researcher).items() if k not in before]
+    assert len(new) == 1  # the refused patient's transaction left nothing
+    claimed = new[0]["meta"]["profile"]
+    assert claimed == ["https://primage.eu/fhir/StructureDefinition/PrimagePatient"]

@@ -40,6 +40,17 @@ INVALID = {
     "primage-dipg-diagnosis-invalid-site": ("Condition.bodySite[0]", "value"),
     "primage-h3k27m-status-invalid-value-type": ("Observation.valueString", "structure"),
     "primage-lansky-score-invalid-range": ("Observation", "invariant"),
+    "primage-inss-stage-invalid-inrg-value": ("Observation.valueCodeableConcept", "code-invalid"),
+    "primage-genomic-alteration-invalid-code": ("Observation.code", "code-invalid"),
+    "primage-karnofsky-score-invalid-range": ("Observation", "invariant"),
+    "primage-radiotherapy-course-invalid-no-fractions": ("Procedure.extension", "required"),
+    "primage-response-invalid-trend-value": ("Observation.valueCodeableConcept", "code-invalid"),
+    "primage-vital-status-invalid-no-date": ("Observation.effective", "required"),
+    "primage-research-subject-invalid-no-period": ("ResearchSubject.period", "required"),
+    "primage-imaging-study-invalid-timepoint": (
+        "ImagingStudy.extension[0].valueCodeableConcept",
+        "code-invalid",
+    ),
 }
 
 
@@ -63,16 +74,19 @@ def _post(client: TestClient, path: str, body: dict, **params: str):
 
 
 def test_every_profile_has_a_valid_and_an_invalid_example():
-    profiles = {
-        json.loads(p.read_text())["url"]
+    definitions = [
+        json.loads(p.read_text())
         for p in (ROOT / "profiles" / "structuredefinitions").glob("*.json")
-    }
+    ]
     claimed: dict[str, set[bool]] = {}
     for path in EXAMPLES:
         for url in _example(path)["meta"]["profile"]:
             claimed.setdefault(url, set()).add(path.stem in INVALID)
-    resources = {u for u in profiles if not u.endswith("primage-laterality")}  # an extension
+    resources = {d["url"] for d in definitions if d["type"] != "Extension"}
     assert {u for u, kinds in claimed.items() if kinds == {True, False}} == resources
+    # an extension is checked through the examples of the profiles that use it
+    used = " ".join(p.read_text() for p in EXAMPLES)
+    assert all(f'"{d["url"]}"' in used for d in definitions if d["type"] == "Extension")
     assert all("-invalid-" in s for s in INVALID) and len(INVALID) == sum(
         "-invalid-" in p.stem for p in EXAMPLES
     )
@@ -199,9 +213,10 @@ def _profile_of(resource: dict, cohort: str) -> str | None:
         "C133427": "PrimageINRGStage",
         "3124-5": "PrimageUrinaryCatecholamine",
         "C38144": "PrimageLanskyScore",
+        "409720004": "PrimageINSSStage",
         "69548-6": "PrimageMYCNStatus" if cohort == "nb" else "PrimageH3K27MStatus",
     }
-    return by_code.get(code)  # INSS stage, radiotherapy: no profile yet
+    return by_code.get(code)  # radiotherapy dose and fractions: Observations, not profiled
 
 
 @pytest.mark.parametrize(
@@ -233,3 +248,83 @@ def test_importer_output_conforms(offline, export, mapping, cohort):
             checked.add(name)
     expected = {"PrimagePatient", "PrimageNeuroblastomaDiagnosis" if cohort == "nb" else ""}
     assert expected - {""} <= checked and len(checked) >= 4
+
+
+# --- rules of the extensions and slices the examples do not break -----------------------------
+
+RT = ROOT / "profiles/examples/primage-radiotherapy-course-valid.json"
+IMAGING = ROOT / "profiles/examples/primage-imaging-study-valid.json"
+
+
+def _dose_in_cgy(r: dict) -> None:
+    r["extension"][0]["valueQuantity"]["code"] = "cGy"
+
+
+def _dose_without_value(r: dict) -> None:
+    del r["extension"][0]["valueQuantity"]["value"]
+
+
+def _fractions_as_text(r: dict) -> None:
+    r["extension"][1] = {"url": r["extension"][1]["url"], "valueString": "30"}
+
+
+def _no_start(r: dict) -> None:
+    r["performedPeriod"] = {"end": "2022-04-29"}
+
+
+def _reason_not_a_condition(r: dict) -> None:
+    r["reasonReference"] = [{"reference": "Observation/x"}]
+
+
+def _no_study_uid(r: dict) -> None:
+    r["identifier"] = [{"system": "urn:example:accession", "value": "A1"}]
+
+
+def _no_timepoint(r: dict) -> None:
+    del r["extension"]
+
+
+@pytest.mark.parametrize(
+    "example,profile,change,where,code",
+    [
+        (
+            RT,
+            "PrimageRadiotherapyCourse",
+            _dose_in_cgy,
+            "Procedure.extension[0].valueQuantity",
+            "value",
+        ),
+        (
+            RT,
+            "PrimageRadiotherapyCourse",
+            _dose_without_value,
+            "Procedure.extension[0].valueQuantity.value",
+            "required",
+        ),
+        (
+            RT,
+            "PrimageRadiotherapyCourse",
+            _fractions_as_text,
+            "Procedure.extension[1].valueString",
+            "structure",
+        ),
+        (RT, "PrimageRadiotherapyCourse", _no_start, "Procedure.performedPeriod.start", "required"),
+        (
+            RT,
+            "PrimageRadiotherapyCourse",
+            _reason_not_a_condition,
+            "Procedure.reasonReference[0]",
+            "structure",
+        ),
+        (IMAGING, "PrimageImagingStudy", _no_study_uid, "ImagingStudy.identifier", "required"),
+        (IMAGING, "PrimageImagingStudy", _no_timepoint, "ImagingStudy.extension", "required"),
+    ],
+    ids=lambda v: v.__name__.strip("_") if callable(v) else None,
+)
+def test_extension_and_slice_rules(offline, example, profile, change, where, code):
+    profiles, terminology = offline
+    resource = _example(example)
+    change(resource)
+    models.validate(resource)
+    issues = Validator(profiles.get, terminology).validate(resource, profiles[SD + profile])
+    assert [(i.expression, i.code) for i in issues if i.severity == "error"] == [((where,), code)]

@@ -192,6 +192,90 @@ def test_complete_form_extracts_commits_and_populates_back(forms, name):
     assert len(again.json()["entry"]) == len(bundle["entry"])
 
 
+SD = "https://primage.eu/fhir/StructureDefinition/"
+# The profile each extracted resource claims (by Observation code; the Condition by form)
+PROFILES = {
+    "neuroblastoma-eform": {
+        "Condition": "PrimageNeuroblastomaDiagnosis",
+        "C133427": "PrimageINRGStage",
+        "69548-6": "PrimageMYCNStatus",
+        "3124-5": "PrimageUrinaryCatecholamine",
+        "11146-8": "PrimageUrinaryCatecholamine",
+    },
+    "dipg-eform": {
+        "Condition": "PrimageDIPGDiagnosis",
+        "69548-6": "PrimageH3K27MStatus",
+        "C38144": "PrimageLanskyScore",
+    },
+}
+
+
+def _kind(resource: dict) -> str:
+    if resource["resourceType"] == "Condition":
+        return "Condition"
+    return resource["code"]["coding"][0]["code"]
+
+
+@pytest.mark.parametrize("name", FORMS)
+def test_extracted_resources_claim_their_profile_validate_and_commit(forms, name):
+    subject = _new_patient(forms)
+    bundle = _extract(forms, _response(name, subject, ANSWERS[name])).json()
+    condition_url = next(
+        e["fullUrl"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Condition"
+    )
+    claimed = set()
+    for entry in bundle["entry"]:
+        resource = entry["resource"]
+        expected = PROFILES[name].get(_kind(resource))  # INSS, radiotherapy: no profile yet
+        if expected is None:
+            assert "meta" not in resource
+            continue
+        assert resource["meta"]["profile"] == [SD + expected]
+        claimed.add(expected)
+        checked = forms.post(
+            f"/fhir/{resource['resourceType']}/$validate",
+            json={
+                "resourceType": "Parameters",
+                "parameter": [{"name": "resource", "resource": resource}],
+            },
+            headers={"Content-Type": FHIR_JSON},
+        )
+        assert checked.status_code == 200, checked.text
+        errors = [i for i in checked.json()["issue"] if i["severity"] in ("error", "fatal")]
+        assert errors == [], (expected, errors)
+        if expected in ("PrimageINRGStage", "PrimageMYCNStatus", "PrimageH3K27MStatus"):
+            assert resource["focus"] == [{"reference": condition_url}]
+    assert claimed == set(PROFILES[name].values())
+    mycn = [e["resource"] for e in bundle["entry"] if _kind(e["resource"]) == "69548-6"]
+    if name == "neuroblastoma-eform":
+        assert mycn[0]["component"][0]["valueCodeableConcept"]["coding"][0]["code"] == "HGNC:7559"
+
+    committed = forms.post("/fhir", json=bundle, headers={"Content-Type": FHIR_JSON})
+    assert committed.status_code == 200, committed.text
+    stored = forms.get(f"/fhir/Observation?subject={subject}&_count=50").json()["entry"]
+    [condition] = forms.get(f"/fhir/Condition?subject={subject}").json()["entry"]
+    for o in (e["resource"] for e in stored):
+        if "focus" in o:
+            assert o["focus"] == [{"reference": f"Condition/{condition['resource']['id']}"}]
+    profiles = {p for e in stored for p in e["resource"].get("meta", {}).get("profile", [])}
+    assert profiles == {SD + p for k, p in PROFILES[name].items() if k != "Condition"}
+
+
+def test_an_answer_a_profile_refuses_extracts_but_is_refused_at_commit(forms):
+    """The form allows 0..100; PrimageLanskyScore (prm-lansky-1) only steps of 10. $extract
+    does not check profiles: committing the Bundle is 422, and nothing of it is stored."""
+    subject = _new_patient(forms)
+    answers = {**ANSWERS["dipg-eform"], "performance.lansky": {"valueInteger": 55}}
+    extracted = _extract(forms, _response("dipg-eform", subject, answers))
+    assert extracted.status_code == 200, extracted.text
+    committed = forms.post("/fhir", json=extracted.json(), headers={"Content-Type": FHIR_JSON})
+    assert committed.status_code == 422, committed.text
+    text = json.dumps(committed.json())
+    assert "PrimageLanskyScore" in text and "prm-lansky-1" in text
+    assert "entry" not in forms.get(f"/fhir/Observation?subject={subject}").json()
+    assert "entry" not in forms.get(f"/fhir/Condition?subject={subject}").json()
+
+
 def test_extract_units_effective_time_and_category(forms):
     subject = _new_patient(forms)
     bundle = _extract(

@@ -11,12 +11,24 @@ QuestionnaireResponse becomes a transaction Bundle of the resources its answers 
 - Definition-based: a group with `sdc-questionnaire-definitionExtract` (or the legacy
   `itemExtractionContext` valueCode) gives one resource of that type; each answered item
   below it whose `definition` is `<canonical>#Type.path` sets that element (`[x]` takes the
-  answer's type), and `sdc-questionnaire-definitionExtractValue` fixed values are set first.
+  answer's type), and `sdc-questionnaire-definitionExtractValue` values (`fixed-value`, or a
+  FHIRPath `expression` over the response) are set first. A canonical that is a profile, not
+  a core definition, is claimed in `meta.profile`; the `fullUrl` sub-extension of
+  definitionExtract gives the entry's fullUrl.
+- Profiles of observation-based items (a local convention, in the spirit of the above): an
+  item whose `definition` is `<profile canonical>#Observation.value[x]` makes its
+  Observations claim that profile in `meta.profile`, and the item's own
+  `sdc-questionnaire-definitionExtractValue` extensions (paths into the same canonical) set
+  what the profile needs beyond the answer: a fixed component, `focus`.
+- `sdc-questionnaire-extractAllocateId` (on the Questionnaire or an item) allocates a
+  `urn:uuid:` per name for the whole extraction, read as `%name` by the expressions above:
+  how an extracted Observation refers (`focus`) to the Condition of the same Bundle.
 
 Every resource gets the response's subject; entries are `POST` with `urn:uuid:` fullUrls.
 The response must be completed (or amended) and answer every enabled required item: if not,
-422 naming the item's linkId. `$extract` writes nothing: the client POSTs the Bundle to the
-FHIR base (a site through its gateway, which pseudonymises it like any write).
+422 naming the item's linkId. `$extract` writes nothing and checks no profile: the client
+POSTs the Bundle to the FHIR base (a site through its gateway, which pseudonymises it like any
+write), where each resource is checked against the profiles it claims (422 if it fails one).
 """
 
 from __future__ import annotations
@@ -26,11 +38,13 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import fhirpathpy
 from fhir.resources.R4B import get_fhir_model_class
 
 from .. import models
 from ..errors import InvalidRequest, Unprocessable
 from .forms import (
+    ALLOCATE_ID,
     ANSWER_TYPES,
     CORE_DEFINITION,
     DEFINITION_EXTRACT,
@@ -62,10 +76,11 @@ def extract(
     whether a coded answer is one the item allows."""
     form = check(questionnaire, response, fits)
     subject = response["subject"]
-    entries: list[dict[str, Any]] = []
+    values = _Values(response, _allocate(questionnaire))
+    entries: list[tuple[str | None, dict[str, Any]]] = []
     for group, _ in walk(questionnaire.get("item") or []):
         if _definition_target(group) and form.enabled(group):
-            built = _definition_based(form, group, subject)
+            built = _definition_based(form, group, subject, values)
             if built is not None:
                 entries.append(built)
     for item, parent in walk(questionnaire.get("item") or []):
@@ -75,20 +90,90 @@ def extract(
             continue
         effective = _effective(form, parent) or response.get("authored")
         for answer in form.answers.get(item["linkId"], []):
-            entries.append(_observation(item, answer, subject, effective, response_ref))
+            obs = _observation(item, answer, subject, effective, response_ref)
+            entries.append((None, _claim(item, obs, values)))
     bundle = {
         "resourceType": "Bundle",
         "type": "transaction",
         "entry": [
             {
-                "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+                "fullUrl": full_url or f"urn:uuid:{uuid.uuid4()}",
                 "resource": resource,
                 "request": {"method": "POST", "url": resource["resourceType"]},
             }
-            for resource in entries
+            for full_url, resource in entries
         ],
     }
     return bundle
+
+
+def _allocate(questionnaire: dict[str, Any]) -> dict[str, str]:
+    """A new urn:uuid per extractAllocateId name, on the Questionnaire or any item."""
+    nodes = [questionnaire, *(i for i, _ in walk(questionnaire.get("item") or []))]
+    return {
+        ext["valueString"]: f"urn:uuid:{uuid.uuid4()}"
+        for node in nodes
+        for ext in node.get("extension") or []
+        if ext.get("url") == ALLOCATE_ID and isinstance(ext.get("valueString"), str)
+    }
+
+
+class _Values:
+    """definitionExtractValue and fullUrl expressions: FHIRPath over the response, the
+    allocated ids as %variables."""
+
+    def __init__(self, response: dict[str, Any], ids: dict[str, str]) -> None:
+        self.response = response
+        self.ids = ids
+
+    def evaluate(self, expression: Any, where: str) -> Any:
+        if isinstance(expression, dict):  # an Expression: text/fhirpath only
+            if expression.get("language") not in (None, "text/fhirpath"):
+                raise InvalidRequest(f"{where}: only text/fhirpath expressions are evaluated")
+            expression = expression.get("expression")
+        if not isinstance(expression, str):
+            raise InvalidRequest(f"{where}: an expression without text")
+        try:
+            found = fhirpathpy.evaluate(self.response, expression, dict(self.ids))
+        except Exception:  # fhirpathpy raises plain exceptions for parse and evaluation faults
+            raise InvalidRequest(f"{where}: the expression does not evaluate") from None
+        return found[0] if found else None
+
+    def apply(self, node: dict[str, Any], resource: dict[str, Any], canonical: str) -> None:
+        """The definitionExtractValue extensions of `node` (paths into `canonical`)."""
+        for ext in node.get("extension") or []:
+            if ext.get("url") != DEFINITION_VALUE:
+                continue
+            path = _path(sub_value(ext, "definition"), canonical)
+            if not path:
+                continue
+            fixed = _sub(ext, "fixed-value")
+            if fixed is not None:
+                set_path(resource, path, ("fixed:" + fixed[0].removeprefix("value"), fixed[1]))
+                continue
+            expression = sub_value(ext, "expression")
+            if expression is not None:
+                value = self.evaluate(expression, f"definitionExtractValue on {node.get('linkId')}")
+                if value is not None:
+                    set_path(resource, path, ("fixed:String", value))
+
+
+def _sub(ext: dict[str, Any], name: str) -> tuple[str, Any] | None:
+    """(value[x] key, value) of the sub-extension `name`."""
+    sub = next((s for s in ext.get("extension") or [] if s.get("url") == name), None)
+    return value_of(sub) if sub is not None else None
+
+
+def _claim(item: dict[str, Any], obs: dict[str, Any], values: _Values) -> dict[str, Any]:
+    """An observation-based item's Observation with the profile its `definition` names and
+    the item's definitionExtractValue values (see the module doc)."""
+    canonical, _, path = (item.get("definition") or "").partition("#")
+    if not path.startswith("Observation.") or canonical.startswith(CORE_DEFINITION):
+        canonical = CORE_DEFINITION + "Observation"
+    else:
+        obs = {"resourceType": "Observation", "meta": {"profile": [canonical]}, **obs}
+    values.apply(item, obs, canonical)
+    return obs
 
 
 def check(
@@ -225,8 +310,8 @@ def _type_of(group: dict[str, Any], canonical: str) -> str:
 
 
 def _definition_based(
-    form: Form, group: dict[str, Any], subject: dict[str, Any]
-) -> dict[str, Any] | None:
+    form: Form, group: dict[str, Any], subject: dict[str, Any], values: _Values
+) -> tuple[str | None, dict[str, Any]] | None:
     target = _definition_target(group)
     assert target is not None
     canonical, type_ = target
@@ -234,12 +319,7 @@ def _definition_based(
     if not canonical.startswith(CORE_DEFINITION):
         resource["meta"] = {"profile": [canonical]}
     answered = False
-    for ext in group.get("extension") or []:
-        if ext.get("url") == DEFINITION_VALUE:
-            path = _path(sub_value(ext, "definition"), canonical)
-            fixed = sub_value(ext, "fixed-value")
-            if path and fixed is not None:
-                set_path(resource, path, ("fixed", fixed))
+    values.apply(group, resource, canonical)
     for item, _ in walk(group.get("item") or []):
         path = _path(item.get("definition"), canonical)
         if path is None or not form.enabled(item):
@@ -255,7 +335,11 @@ def _definition_based(
         resource["subject"] = subject
     elif "patient" in _model_fields(type_):
         resource["patient"] = subject
-    return resource
+    ext = extension(group, DEFINITION_EXTRACT)
+    full_url = sub_value(ext, "fullUrl") if ext is not None else None
+    if full_url is not None:
+        full_url = values.evaluate(full_url, f"definitionExtract fullUrl on {group['linkId']}")
+    return (full_url if isinstance(full_url, str) else None), resource
 
 
 def _path(definition: Any, canonical: str) -> list[str] | None:
@@ -296,7 +380,8 @@ def set_path(resource: dict[str, Any], path: list[str], answer: tuple[str, Any])
         fields = _model_fields(type_)
         if name.endswith("[x]"):
             stem = name[:-3]
-            options = _CHOICE.get(answer[0], ()) if answer[0] != "fixed" else ()
+            fixed = answer[0].partition("fixed:")[2]
+            options = (fixed,) if fixed else _CHOICE.get(answer[0], ())
             name = next((stem + o for o in options if stem + o in fields), "")
         if name not in fields:
             raise InvalidRequest(f"{type_}.{path[i][:64]} is not an element the form can set")
@@ -325,7 +410,7 @@ def set_path(resource: dict[str, Any], path: list[str], answer: tuple[str, Any])
 
 def _convert(answer: tuple[str, Any], element_type: str | None) -> Any:
     key, value = answer
-    if key == "fixed":
+    if key.startswith("fixed:"):
         return value
     if key == "valueCoding" and element_type == "CodeableConcept":
         return {"coding": [value]}

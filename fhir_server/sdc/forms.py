@@ -26,6 +26,7 @@ OBSERVATION_CATEGORY = SDC + "sdc-questionnaire-observation-extract-category"
 DEFINITION_EXTRACT = SDC + "sdc-questionnaire-definitionExtract"
 DEFINITION_VALUE = SDC + "sdc-questionnaire-definitionExtractValue"
 ITEM_CONTEXT = SDC + "sdc-questionnaire-itemExtractionContext"  # the legacy valueCode form
+ALLOCATE_ID = SDC + "sdc-questionnaire-extractAllocateId"  # SDC 4.0.0: a new fullUrl, by name
 UNIT = "http://hl7.org/fhir/StructureDefinition/questionnaire-unit"
 # A date item with this definition gives the effective time of the Observations extracted
 # from its group (otherwise they take QuestionnaireResponse.authored).
