@@ -65,8 +65,9 @@ def classify(reason: str) -> str:
 
 
 @dataclass
-class StowDestination:
-    """STOW-RS to `base` (the platform's /dicomweb) with an authenticated httpx client."""
+class _Platform:
+    """A platform over HTTP: `base` its /dicomweb or /fhir URL, `http` an authenticated
+    client; transient failures are retried `attempts` times from `backoff` seconds on."""
 
     base: str
     http: httpx.Client
@@ -76,6 +77,11 @@ class StowDestination:
 
     def __post_init__(self) -> None:
         self.name = self.base.rstrip("/")
+
+
+@dataclass
+class StowDestination(_Platform):
+    """STOW-RS to `base` (the platform's /dicomweb) with an authenticated httpx client."""
 
     def send(self, parts: Sequence[tuple[str, bytes]]) -> list[Outcome]:
         body, content_type = multipart(parts)
@@ -185,18 +191,9 @@ def transaction_outcome(status: int, body: object) -> tuple[str, str | None]:
 
 
 @dataclass
-class FhirDestination:
+class FhirDestination(_Platform):
     """Transaction Bundles POSTed to a platform's FHIR base (`.../fhir`), one per item (a
     patient): a refused transaction fails its own patient, never the others in the batch."""
-
-    base: str
-    http: httpx.Client
-    attempts: int = 6
-    backoff: float = 0.5
-    name: str = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.name = self.base.rstrip("/")
 
     def send(self, parts: Sequence[tuple[str, bytes]]) -> list[Outcome]:
         headers = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}

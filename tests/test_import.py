@@ -104,6 +104,22 @@ def _import(tmp: Path, args: list[str], hospital: tuple[str, str]) -> Any:
     return CliRunner().invoke(main, args, env=env, catch_exceptions=False)
 
 
+def assert_previewed_not_sent(
+    report: Path, output: str, identifying: list[str], sent_before: int, sent_now: int, tmp: Path
+) -> None:
+    """A dry run's report shows what de-identification would do (one burned-in object
+    quarantined), its output nothing `identifying`, and nothing was sent or planned."""
+    deid = json.loads(report.read_text())["deidentification"]
+    changed = set(deid["replaced"]) | set(deid["removed"])
+    assert {"PatientName", "PatientID", "StudyInstanceUID", "SOPInstanceUID"} <= changed
+    assert "ReferringPhysicianName" in changed
+    assert list(deid["quarantined"].values()) == [1]
+    for text in identifying:
+        assert text not in output
+    assert sent_now == sent_before
+    assert not (tmp / "edge" / "imports.db").exists()
+
+
 def _platform_instances(app: FastAPI) -> int:
     with app.state.database.engine.connect() as conn:
         return int(conn.execute(select(func.count()).select_from(dicom_instance)).scalar_one())
@@ -252,21 +268,9 @@ def test_dry_run_lists_and_previews_without_sending(
     assert result.exit_code == 0, result.output
     assert "would import 18 instances" in result.output
     assert "2 patients, 3 studies, 5 series" in result.output
-    summary = json.loads(report.read_text())
-    deid = summary["deidentification"]
-    assert {"PatientName", "PatientID", "StudyInstanceUID", "SOPInstanceUID"} <= set(
-        deid["replaced"]
-    ) | set(deid["removed"])
-    assert "ReferringPhysicianName" in set(deid["replaced"]) | set(deid["removed"])
-    assert list(deid["quarantined"].values()) == [1]
-    assert "Kowalczyk" not in result.output and "MRN-IMP-4" not in result.output
-    assert _platform_instances(platform) == before
-    assert (
-        not (tmp_path / "edge" / "imports.db").exists()
-        or not Ledger(
-            db.make_engine(Settings(data_dir=tmp_path / "edge").import_database(), 1)
-        ).jobs()
-    )
+    identifying = ["Kowalczyk", "MRN-IMP-4"]
+    sent = _platform_instances(platform)
+    assert_previewed_not_sent(report, result.output, identifying, before, sent, tmp_path)
 
 
 def test_jobs_list_and_show(hospital: tuple[str, str], base: str, tmp_path: Path) -> None:
