@@ -473,18 +473,26 @@ def _fill(
 
 
 def _assign(resource: dict[str, Any], path: str, value: Any) -> None:
-    """Put `value` at `path`; a repeating element gets a list (a second value is appended)."""
+    """Put `value` at `path`; a repeating element gets a list (a second value is appended),
+    `extension[url=URL]` the extension with that url (made once)."""
     node = resource
     kinds = element_kinds(resource["resourceType"], path)
-    for part, repeats in kinds[:-1]:
-        if repeats:
+    for part, repeats, url in kinds[:-1]:
+        if url is not None:
+            items = node.setdefault(part, [])
+            found = next((i for i in items if i.get("url") == url), None)
+            if found is None:
+                found = {"url": url}
+                items.append(found)
+            node = found
+        elif repeats:
             items = node.setdefault(part, [])
             if not items:
                 items.append({})
             node = items[0]
         else:
             node = node.setdefault(part, {})
-    part, repeats = kinds[-1]
+    part, repeats, _ = kinds[-1]
     if repeats:
         node.setdefault(part, []).extend(value if isinstance(value, list) else [value])
     else:

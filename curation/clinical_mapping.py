@@ -7,7 +7,8 @@ documents the format; in short, each column has
 
     element   where the value goes, a path in the resource (`valueQuantity`, `name.family`);
               repeating elements are found from the fhir.resources R4B models, so `bodySite`
-              gets a list and a second column into `name.given` adds a second given name
+              gets a list and a second column into `name.given` adds a second given name;
+              `extension[url=URL].value...` is the resource's extension with that url
     type      string | code | CodeableConcept | date | integer | decimal | Quantity |
               boolean | identifier (inferred: `format` -> date, `unit` -> Quantity, a map
               of codings or a ConceptMap -> CodeableConcept, a map of strings -> code)
@@ -182,7 +183,7 @@ def _load(path: Path) -> Mapping:
     patient = loader.resource(
         "patient", {**patient_raw, "resourceType": "Patient"}, skip={"id", "identifier_system"}
     )
-    elements = {c.element.split(".")[0] for c in patient.columns}
+    elements = {_EXTENSION_SPLIT.split(c.element)[0] for c in patient.columns}
     if "identifier" not in elements or "name" not in elements:
         raise MappingError(
             f"{where}: patient needs an identifier column and name columns: the "
@@ -442,20 +443,31 @@ def _fields(model_name: str) -> dict[str, tuple[bool, str | None]]:
     return out
 
 
-def _path_kinds(resource_type: str, path: str, where: str) -> list[tuple[str, bool]]:
-    """[(element, repeats)] along `path`; MappingError when the model has no such element."""
+def _path_kinds(resource_type: str, path: str, where: str) -> list[tuple[str, bool, str | None]]:
+    """[(element, repeats, extension url)] along `path`; MappingError when the model has no
+    such element. `extension[url=URL]` (or `modifierExtension[url=...]`) is the extension
+    with that url: `extension[url=https://.../primage-radiotherapy-fractions].valuePositiveInt`.
+    """
     model: str | None = resource_type
     out = []
-    for part in path.split("."):
+    for part in _EXTENSION_SPLIT.split(path):
+        found = _EXTENSION_PART.fullmatch(part)
+        name, url = (found.group(1), found.group(2)) if found else (part, None)
         fields = _fields(model) if model else {}
-        if part not in fields:
+        if name not in fields:
             raise MappingError(f"{where}: {resource_type} has no element {path}")
-        repeats, model = fields[part]
-        out.append((part, repeats))
+        repeats, model = fields[name]
+        if url is not None and (model != "Extension" or not re.fullmatch(r"\S+:\S+", url)):
+            raise MappingError(f"{where}: {name}[url=...] is an extension with a URL")
+        out.append((name, repeats, url))
     return out
 
 
-def element_kinds(resource_type: str, path: str) -> list[tuple[str, bool]]:
+_EXTENSION_SPLIT = re.compile(r"\.(?![^\[]*\])")  # dots outside [url=...]
+_EXTENSION_PART = re.compile(r"(\w+)\[url=([^\]]+)\]")
+
+
+def element_kinds(resource_type: str, path: str) -> list[tuple[str, bool, str | None]]:
     return _path_kinds(resource_type, path, path)
 
 

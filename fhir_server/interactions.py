@@ -179,7 +179,8 @@ class Options:
     registry: Registry
     default_count: int = 50
     max_count: int = 1000
-    capability: Callable[[str], dict[str, Any]] | None = None
+    # (repo, base URL) -> the CapabilityStatement (repo: the profiles stored)
+    capability: Callable[[Repository, str], dict[str, Any]] | None = None
     # (type or "*", "$name") -> handler: the operations served (fhir_server/operations.py)
     operations: dict[tuple[str, str], Handler] = field(default_factory=dict)
     # the terminology index (a TerminologyStore) behind :in, :not-in, :below, :above
@@ -565,7 +566,7 @@ class Interactions:
 
     def _capabilities(self, repo: Repository, req: Request, r: Route) -> Response:
         assert self.options.capability is not None
-        return Response(200, self.options.capability(req.base))
+        return Response(200, self.options.capability(repo, req.base))
 
 
 def _exists_error(type_: str, id_: str) -> FhirError:

@@ -4,6 +4,9 @@ An operation is registered for a resource type (or "*": every type) and a name; 
 handler gets the parsed input parameters (query string or a Parameters body), the instance
 it was invoked on (if any) and the caller's site, inside a read transaction, and returns
 the response resource (Parameters, a ValueSet, an OperationOutcome, a Bundle ...).
+
+The table's keys are also what the CapabilityStatement declares (`definition` names each
+one's OperationDefinition), so the statement lists exactly the operations served.
 """
 
 from __future__ import annotations
@@ -27,6 +30,25 @@ class Call:
 
 
 Handler = Callable[[Repository, Call], dict[str, Any]]
+
+CORE = "http://hl7.org/fhir/OperationDefinition/"
+SDC = "http://hl7.org/fhir/uv/sdc/OperationDefinition/"
+# The operations this server serves that the core specification does not define. A core
+# operation's canonical follows the spec's own naming: {type}-{name}, `Resource` for "*".
+ELSEWHERE: dict[tuple[str, str], str] = {
+    ("QuestionnaireResponse", "$extract"): SDC + "QuestionnaireResponse-extract",
+    # the same operation (input questionnaire-response) invoked on the Questionnaire
+    ("Questionnaire", "$extract"): SDC + "QuestionnaireResponse-extract",
+    ("Questionnaire", "$populate"): SDC + "Questionnaire-populate",
+}
+
+
+def definition(type_: str, name: str) -> str:
+    """The canonical URL of the OperationDefinition of `name` ("$expand") on `type_`."""
+    known = ELSEWHERE.get((type_, name))
+    if known is not None:
+        return known
+    return f"{CORE}{'Resource' if type_ == '*' else type_}-{name.removeprefix('$')}"
 
 
 class Inputs:

@@ -44,6 +44,7 @@ class Registry:
         self._base = definitions
         self._by_base: dict[str, list[dict[str, Any]]] = {}
         self._by_type: dict[str, dict[str, SearchParam]] = {}
+        self.generation = 0  # counts the sets of parameters used: what caches compare
         self.use_custom([])
 
     def use_custom(self, definitions: list[dict[str, Any]]) -> None:
@@ -57,6 +58,7 @@ class Registry:
                 for base in definition.get("base", []):
                     by_base.setdefault(base, []).append(definition)
         self._by_base, self._by_type = by_base, {}
+        self.generation += 1
 
     def params(self, type_: str) -> dict[str, SearchParam]:
         found = self._by_type.get(type_)

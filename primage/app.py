@@ -18,7 +18,7 @@ from dicomweb.qido import tag_hex
 from dicomweb.service import Archive
 from fhir_server import api as fhir_api
 from fhir_server import sdc, terminology
-from fhir_server.capability import capability_statement
+from fhir_server.capability import Capabilities
 from fhir_server.errors import Issue, operation_outcome
 from fhir_server.indexing import Indexer
 from fhir_server.interactions import Interactions, Options
@@ -54,18 +54,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     max_body = settings.fhir_max_body_bytes
     terms = terminology.TerminologyStore()  # one index: operations and search modifiers
     profiles = Profiles(terms)  # $validate and the profile check of writes
+    operations = {
+        **terminology.handlers(terms),
+        **profiles.handlers(),
+        **sdc.handlers(registry, terms),
+    }
     interactions = Interactions(
         PageTokens(settings.secret()),
         Options(
             registry=registry,
             default_count=settings.fhir_default_count,
             max_count=settings.fhir_max_count,
-            capability=lambda base: capability_statement(base, registry, max_body_bytes=max_body),
-            operations={
-                **terminology.handlers(terms),
-                **profiles.handlers(),
-                **sdc.handlers(registry, terms),
-            },
+            capability=Capabilities(
+                registry,
+                max_body_bytes=max_body,
+                operations=operations.keys(),
+                profiles=profiles.supported,
+            ),
+            operations=operations,
             profile_check=profiles.check_write,
             terminology=terms,
         ),

@@ -36,6 +36,7 @@ NB_MAP = MAPPINGS / "neuroblastoma-registry.yaml"
 DIPG_XLSX = MAPPINGS / "examples" / "dipg-registry.xlsx"
 DIPG_MAP = MAPPINGS / "dipg-registry.yaml"
 SITE = "CLINICAL-HOSPITAL"
+SD = "https://primage.eu/fhir/StructureDefinition/"
 
 
 @pytest.fixture(scope="module")
@@ -130,8 +131,11 @@ def test_neuroblastoma_export_stores_good_patients_pseudonymised_and_reports_bad
         observations_per_patient.append(len(observations))
         for observation in observations:
             assert observation["subject"] == {"reference": f"Patient/{patient_id}"}
-            if "focus" in observation:  # the stage and MYCN are about the diagnosis
+            if "focus" in observation:  # the stages and MYCN are about the diagnosis
                 assert observation["focus"] == [{"reference": f"Condition/{condition['id']}"}]
+            if observation["code"]["coding"][0]["code"] == "409720004":  # INSS, checked
+                assert observation["meta"]["profile"] == [SD + "PrimageINSSStage"]
+                assert "focus" in observation
         vma = [o for o in observations if ("http://loinc.org", "3124-5") in _codes(o["code"])]
         if len(vma) == 2:  # NB-0001: two rows, one Patient, a marker per row
             assert sorted(o["valueQuantity"]["value"] for o in vma) == [12.1, 85.2]
@@ -204,12 +208,24 @@ def test_dipg_xlsx_inside_the_platform(
     assert len(new) == 3
     text = json.dumps(new, ensure_ascii=False)
     assert not [s for s in ("Moreau", "Élodie", "DIPG-10", "2015-06-02") if s in text]
-    lansky, evidence, h3 = [], set(), []
+    lansky, evidence, h3, courses = [], set(), [], []
     for patient_id in new:
         [condition] = _search(base, researcher, "Condition", subject=f"Patient/{patient_id}")
+        # dose and fractions: one radiotherapy course, the platform having checked its profile
+        [course] = _search(base, researcher, "Procedure", subject=f"Patient/{patient_id}")
+        assert course["meta"]["profile"] == [SD + "PrimageRadiotherapyCourse"]
+        assert course["code"]["coding"][0]["code"] == "108290001"
+        assert course["reasonReference"] == [{"reference": f"Condition/{condition['id']}"}]
+        assert course["performedPeriod"]["start"] > condition["onsetDateTime"]  # both shifted
+        extensions = {e["url"].rsplit("/", 1)[1]: e for e in course["extension"]}
+        dose = extensions["primage-radiotherapy-total-dose"]["valueQuantity"]
+        assert dose["code"] == "Gy" and dose["system"] == "http://unitsofmeasure.org"
+        fractions = extensions["primage-radiotherapy-fractions"]["valuePositiveInt"]
+        courses.append((dose["value"], fractions))
         assert condition["bodySite"][0]["coding"][0]["code"] == "C71.7"
         evidence |= {c["code"] for cc in condition["evidence"][0]["code"] for c in cc["coding"]}
         for o in _search(base, researcher, "Observation", subject=f"Patient/{patient_id}"):
+            assert not o["code"]["coding"][0]["system"].endswith("primage-local-observation")
             if "valueInteger" in o and o["code"]["coding"][0]["code"] == "C38144":
                 lansky.append(o["valueInteger"])
             if o["code"].get("text") == "Histone H3 K27M mutation":
@@ -217,6 +233,7 @@ def test_dipg_xlsx_inside_the_platform(
     assert sorted(lansky) == [70, 80, 90]
     assert evidence == {"86273004", "363679005"}  # biopsy, imaging
     assert sorted(h3) == ["LA9633-4", "LA9634-2"]  # "not tested" says nothing: no Observation
+    assert sorted(courses) == [(39, 13), (54, 30), (54, 30)]
 
 
 def test_dry_run_lists_patients_and_row_problems_and_sends_nothing(

@@ -21,6 +21,7 @@ from sqlalchemy import func, select
 
 from fhir_server import models
 from fhir_server.schema import resource_version
+from fhir_server.terminology import load
 from primage.app import create_app
 from primage.settings import Settings
 from tests.conftest import FHIR_JSON, patient
@@ -53,6 +54,86 @@ def test_capability_statement_is_valid_and_truthful(client):
     assert {"_id", "_lastUpdated", "identifier", "family", "birthdate", "gender"} <= names
     assert "Patient:general-practitioner" in patient_caps["searchInclude"]
     assert {i["code"] for i in rest["interaction"]} == {"transaction", "batch", "history-system"}
+
+
+CORE_OPS = "http://hl7.org/fhir/OperationDefinition/"
+SDC_OPS = "http://hl7.org/fhir/uv/sdc/OperationDefinition/"
+PRIMAGE_SD = "https://primage.eu/fhir/StructureDefinition/"
+
+
+def _capabilities(client) -> dict[str, dict]:
+    r = client.get("/fhir/metadata")
+    assert r.status_code == 200
+    CapabilityStatement.model_validate(r.json())
+    return {res["type"]: res for res in r.json()["rest"][0]["resource"]}
+
+
+def _operations(caps: dict) -> dict[str, str]:
+    return {op["name"]: op["definition"] for op in caps.get("operation", [])}
+
+
+def test_capability_statement_lists_the_operations_served(app, client):
+    by_type = _capabilities(client)
+    assert _operations(by_type["ValueSet"])["expand"] == CORE_OPS + "ValueSet-expand"
+    assert _operations(by_type["ValueSet"])["validate-code"] == CORE_OPS + "ValueSet-validate-code"
+    assert _operations(by_type["CodeSystem"]) == {
+        "lookup": CORE_OPS + "CodeSystem-lookup",
+        "validate-code": CORE_OPS + "CodeSystem-validate-code",
+        "subsumes": CORE_OPS + "CodeSystem-subsumes",
+        "validate": CORE_OPS + "Resource-validate",
+    }
+    assert _operations(by_type["ConceptMap"])["translate"] == CORE_OPS + "ConceptMap-translate"
+    for type_ in ("Patient", "Observation", "Basic"):  # $validate: every type
+        assert _operations(by_type[type_]) == {"validate": CORE_OPS + "Resource-validate"}
+    assert _operations(by_type["QuestionnaireResponse"])["extract"] == (
+        SDC_OPS + "QuestionnaireResponse-extract"
+    )
+    assert _operations(by_type["Questionnaire"])["populate"] == SDC_OPS + "Questionnaire-populate"
+    # exactly the router's table: nothing declared that is not served, and the reverse
+    table = app.state.fhir.interactions.options.operations
+    declared = {
+        (type_, f"${name}") for type_, caps in by_type.items() for name in _operations(caps)
+    }
+    served = {
+        (type_, name)
+        for key_type, name in table
+        for type_ in (by_type if key_type == "*" else [key_type])
+    }
+    assert declared == served
+
+
+def test_capability_statement_lists_the_stored_profiles(app, client):
+    shipped = load.shipped(app.state.settings.mappings_dir)
+    load.load(app.state.database.write, load.read_all(shipped))
+    by_type = _capabilities(client)
+    assert PRIMAGE_SD + "PrimageINRGStage" in by_type["Observation"]["supportedProfile"]
+    assert PRIMAGE_SD + "PrimagePatient" in by_type["Patient"]["supportedProfile"]
+    profiles = [url for caps in by_type.values() for url in caps.get("supportedProfile", [])]
+    assert len(profiles) == len(set(profiles))  # one entry per url, not per url|version
+    assert "supportedProfile" not in by_type["Basic"]
+
+    # kept in step with the store: a profile stored (then deleted) shows (then goes)
+    url = "https://example.org/fhir/StructureDefinition/CapabilityTestBasic"
+    sd = {
+        "resourceType": "StructureDefinition",
+        "id": "capability-test-basic",
+        "url": url,
+        "name": "CapabilityTestBasic",
+        "status": "draft",
+        "kind": "resource",
+        "abstract": False,
+        "type": "Basic",
+        "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Basic",
+        "derivation": "constraint",
+        "differential": {"element": [{"id": "Basic.subject", "path": "Basic.subject", "min": 1}]},
+    }
+    r = client.put("/fhir/StructureDefinition/capability-test-basic", json=sd)
+    assert r.status_code in (200, 201), r.text
+    try:
+        assert _capabilities(client)["Basic"]["supportedProfile"] == [url]
+    finally:
+        client.delete("/fhir/StructureDefinition/capability-test-basic")
+    assert "supportedProfile" not in _capabilities(client)["Basic"]
 
 
 def test_every_declared_type_accepts_a_minimal_create(client):

@@ -51,6 +51,22 @@ INVALID = {
         "ImagingStudy.extension[0].valueCodeableConcept",
         "code-invalid",
     ),
+    "primage-histology-invalid-mki-as-grade": (
+        "Observation.component[0].valueCodeableConcept",
+        "code-invalid",
+    ),
+    "primage-idrf-invalid-absent-with-factors": ("Observation", "invariant"),
+    "primage-metastasis-invalid-primary-site": ("Condition.bodySite[0]", "code-invalid"),
+    "primage-risk-group-invalid-histology-value": (
+        "Observation.valueCodeableConcept",
+        "code-invalid",
+    ),
+    "primage-surgery-invalid-no-extent": ("Procedure.outcome", "required"),
+    "primage-systemic-therapy-invalid-radiotherapy": ("Procedure.code", "code-invalid"),
+    "primage-relapse-invalid-no-date": ("Observation.effective", "required"),
+    "primage-symptom-duration-invalid-hours": ("Observation.valueQuantity", "code-invalid"),
+    "primage-ploidy-invalid-index-as-value": ("Observation.valueQuantity", "structure"),
+    "primage-research-study-invalid-no-title": ("ResearchStudy.title", "required"),
 }
 
 
@@ -203,22 +219,6 @@ def offline() -> tuple[dict[str, Profile], Terminology]:
     return profiles, terminology
 
 
-def _profile_of(resource: dict, cohort: str) -> str | None:
-    if resource["resourceType"] == "Patient":
-        return "PrimagePatient"
-    if resource["resourceType"] == "Condition":
-        return "PrimageNeuroblastomaDiagnosis" if cohort == "nb" else "PrimageDIPGDiagnosis"
-    code = resource["code"]["coding"][0]["code"]
-    by_code = {
-        "C133427": "PrimageINRGStage",
-        "3124-5": "PrimageUrinaryCatecholamine",
-        "C38144": "PrimageLanskyScore",
-        "409720004": "PrimageINSSStage",
-        "69548-6": "PrimageMYCNStatus" if cohort == "nb" else "PrimageH3K27MStatus",
-    }
-    return by_code.get(code)  # radiotherapy dose and fractions: Observations, not profiled
-
-
 @pytest.mark.parametrize(
     "export,mapping,cohort",
     [
@@ -239,21 +239,37 @@ def test_importer_output_conforms(offline, export, mapping, cohort):
             resource = entry["resource"]
             if resource["resourceType"] == "Patient":  # as the gateway stores it
                 resource = deid.deidentify(resource, site="s", offset_days=-3, pseudonym="PRM-1")
-            name = _profile_of(resource, cohort)
-            if name is None:
-                continue
+            [claimed] = resource["meta"]["profile"]  # every resource the mapping makes
             models.validate(resource)
-            issues = validator.validate(resource, profiles[SD + name])
-            assert [i for i in issues if i.severity == "error"] == [], (name, issues)
-            checked.add(name)
-    expected = {"PrimagePatient", "PrimageNeuroblastomaDiagnosis" if cohort == "nb" else ""}
-    assert expected - {""} <= checked and len(checked) >= 4
+            issues = validator.validate(resource, profiles[claimed])
+            assert [i for i in issues if i.severity == "error"] == [], (claimed, issues)
+            checked.add(claimed.removeprefix(SD))
+    expected = {
+        "nb": {
+            "PrimagePatient",
+            "PrimageNeuroblastomaDiagnosis",
+            "PrimageINRGStage",
+            "PrimageINSSStage",
+            "PrimageMYCNStatus",
+            "PrimageUrinaryCatecholamine",
+        },
+        "dipg": {
+            "PrimagePatient",
+            "PrimageDIPGDiagnosis",
+            "PrimageH3K27MStatus",
+            "PrimageLanskyScore",
+            "PrimageRadiotherapyCourse",
+        },
+    }
+    assert checked == expected[cohort]
 
 
 # --- rules of the extensions and slices the examples do not break -----------------------------
 
 RT = ROOT / "profiles/examples/primage-radiotherapy-course-valid.json"
 IMAGING = ROOT / "profiles/examples/primage-imaging-study-valid.json"
+THERAPY = ROOT / "profiles/examples/primage-systemic-therapy-valid.json"
+METASTASIS = ROOT / "profiles/examples/primage-metastasis-valid.json"
 
 
 def _dose_in_cgy(r: dict) -> None:
@@ -282,6 +298,18 @@ def _no_study_uid(r: dict) -> None:
 
 def _no_timepoint(r: dict) -> None:
     del r["extension"]
+
+
+def _no_extension(r: dict) -> None:
+    del r["extension"]
+
+
+def _regimen_not_a_string(r: dict) -> None:
+    r["extension"][0] = {"url": r["extension"][0]["url"], "valueInteger": 4}
+
+
+def _primary_not_a_condition(r: dict) -> None:
+    r["extension"][0]["valueReference"] = {"reference": "Observation/x"}
 
 
 @pytest.mark.parametrize(
@@ -318,6 +346,22 @@ def _no_timepoint(r: dict) -> None:
         ),
         (IMAGING, "PrimageImagingStudy", _no_study_uid, "ImagingStudy.identifier", "required"),
         (IMAGING, "PrimageImagingStudy", _no_timepoint, "ImagingStudy.extension", "required"),
+        (THERAPY, "PrimageSystemicTherapy", _no_extension, "Procedure.extension", "required"),
+        (
+            THERAPY,
+            "PrimageSystemicTherapy",
+            _regimen_not_a_string,
+            "Procedure.extension[0].valueInteger",
+            "structure",
+        ),
+        (METASTASIS, "PrimageMetastasis", _no_extension, "Condition.extension", "required"),
+        (
+            METASTASIS,
+            "PrimageMetastasis",
+            _primary_not_a_condition,
+            "Condition.extension[0].valueReference",
+            "structure",
+        ),
     ],
     ids=lambda v: v.__name__.strip("_") if callable(v) else None,
 )

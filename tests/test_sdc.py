@@ -24,6 +24,7 @@ ICDO = "http://terminology.hl7.org/CodeSystem/icd-o-3"
 NCIT = "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl"
 LOINC = "http://loinc.org"
 LOCAL = "https://primage.eu/fhir/CodeSystem/"
+UCUM = "http://unitsofmeasure.org"
 
 
 def _coding(system: str, code: str) -> dict:
@@ -55,16 +56,19 @@ ANSWERS = {
         "performance.date": {"valueDate": "2022-11-03"},
         "performance.lansky": {"valueInteger": 70},
         "radiotherapy.given": {"valueBoolean": True},
+        "radiotherapy.start": {"valueDate": "2022-11-21"},
         "radiotherapy.date": {"valueDate": "2023-01-20"},
         "radiotherapy.dose": {"valueDecimal": 54.0},
         "radiotherapy.fractions": {"valueInteger": 30},
     },
 }
-# What each form extracts: Observation codes (and the Condition)
+# What each form extracts: Observation codes (and the Condition; DIPG: the radiotherapy
+# course, a Procedure)
 OBSERVATIONS = {
     "neuroblastoma-eform": {"C133427", "409720004", "69548-6", "3124-5", "11146-8"},
-    "dipg-eform": {"69548-6", "C38144", "radiotherapy-total-dose", "radiotherapy-fractions"},
+    "dipg-eform": {"69548-6", "C38144"},
 }
+PROCEDURES = {"neuroblastoma-eform": 0, "dipg-eform": 1}
 FORMS = sorted(ANSWERS)
 
 
@@ -155,6 +159,7 @@ def test_complete_form_extracts_commits_and_populates_back(forms, name):
     assert len(kinds["Condition"]) == 1
     codes = {o["code"]["coding"][0]["code"] for o in kinds["Observation"]}
     assert codes == OBSERVATIONS[name]
+    assert len(kinds.get("Procedure", [])) == PROCEDURES[name]
 
     committed = client.post("/fhir", json=bundle, headers={"Content-Type": FHIR_JSON})
     assert committed.status_code == 200, committed.text
@@ -167,6 +172,8 @@ def test_complete_form_extracts_commits_and_populates_back(forms, name):
     assert condition["verificationStatus"]["coding"][0]["code"] == "confirmed"
     observations = client.get(f"/fhir/Observation?subject={subject}&_count=50").json()
     assert len(observations["entry"]) == len(OBSERVATIONS[name])
+    procedures = client.get(f"/fhir/Procedure?subject={subject}").json().get("entry", [])
+    assert len(procedures) == PROCEDURES[name]
 
     populated = client.post(
         "/fhir/Questionnaire/$populate",
@@ -198,6 +205,7 @@ PROFILES = {
     "neuroblastoma-eform": {
         "Condition": "PrimageNeuroblastomaDiagnosis",
         "C133427": "PrimageINRGStage",
+        "409720004": "PrimageINSSStage",
         "69548-6": "PrimageMYCNStatus",
         "3124-5": "PrimageUrinaryCatecholamine",
         "11146-8": "PrimageUrinaryCatecholamine",
@@ -206,6 +214,7 @@ PROFILES = {
         "Condition": "PrimageDIPGDiagnosis",
         "69548-6": "PrimageH3K27MStatus",
         "C38144": "PrimageLanskyScore",
+        "108290001": "PrimageRadiotherapyCourse",  # the Procedure
     },
 }
 
@@ -226,10 +235,7 @@ def test_extracted_resources_claim_their_profile_validate_and_commit(forms, name
     claimed = set()
     for entry in bundle["entry"]:
         resource = entry["resource"]
-        expected = PROFILES[name].get(_kind(resource))  # INSS, radiotherapy: no profile yet
-        if expected is None:
-            assert "meta" not in resource
-            continue
+        expected = PROFILES[name][_kind(resource)]  # every resource claims a profile
         assert resource["meta"]["profile"] == [SD + expected]
         claimed.add(expected)
         checked = forms.post(
@@ -243,8 +249,25 @@ def test_extracted_resources_claim_their_profile_validate_and_commit(forms, name
         assert checked.status_code == 200, checked.text
         errors = [i for i in checked.json()["issue"] if i["severity"] in ("error", "fatal")]
         assert errors == [], (expected, errors)
-        if expected in ("PrimageINRGStage", "PrimageMYCNStatus", "PrimageH3K27MStatus"):
+        if expected in (
+            "PrimageINRGStage",
+            "PrimageINSSStage",
+            "PrimageMYCNStatus",
+            "PrimageH3K27MStatus",
+        ):
             assert resource["focus"] == [{"reference": condition_url}]
+    course = [e["resource"] for e in bundle["entry"] if _kind(e["resource"]) == "108290001"]
+    if name == "dipg-eform":
+        [course] = course
+        assert course["reasonReference"] == [{"reference": condition_url}]
+        assert course["performedPeriod"] == {"start": "2022-11-21", "end": "2023-01-20"}
+        assert course["extension"] == [
+            {
+                "url": SD + "primage-radiotherapy-total-dose",
+                "valueQuantity": {"value": 54.0, "unit": "Gy", "system": UCUM, "code": "Gy"},
+            },
+            {"url": SD + "primage-radiotherapy-fractions", "valuePositiveInt": 30},
+        ]
     assert claimed == set(PROFILES[name].values())
     mycn = [e["resource"] for e in bundle["entry"] if _kind(e["resource"]) == "69548-6"]
     if name == "neuroblastoma-eform":
@@ -257,6 +280,11 @@ def test_extracted_resources_claim_their_profile_validate_and_commit(forms, name
     for o in (e["resource"] for e in stored):
         if "focus" in o:
             assert o["focus"] == [{"reference": f"Condition/{condition['resource']['id']}"}]
+    stored += forms.get(f"/fhir/Procedure?subject={subject}").json().get("entry", [])
+    for e in stored:
+        if e["resource"]["resourceType"] == "Procedure":
+            reason = f"Condition/{condition['resource']['id']}"
+            assert e["resource"]["reasonReference"] == [{"reference": reason}]
     profiles = {p for e in stored for p in e["resource"].get("meta", {}).get("profile", [])}
     assert profiles == {SD + p for k, p in PROFILES[name].items() if k != "Condition"}
 
@@ -304,7 +332,7 @@ def test_disabled_items_are_neither_required_nor_extracted(forms):
     answers = dict(ANSWERS["dipg-eform"])
     answers["diagnosis.basis"] = _coding(SCT, "363679005")  # imaging: no molecular group
     answers["radiotherapy.given"] = {"valueBoolean": False}
-    for link in ("molecular.date", "molecular.h3-k27m", "radiotherapy.date"):
+    for link in ("molecular.date", "molecular.h3-k27m", "radiotherapy.start", "radiotherapy.date"):
         del answers[link]
     del answers["radiotherapy.dose"]  # required, but disabled
     answers["radiotherapy.fractions"] = {"valueInteger": 30}  # disabled: answer ignored
@@ -312,7 +340,7 @@ def test_disabled_items_are_neither_required_nor_extracted(forms):
     codes = {
         e["resource"].get("code", {}).get("coding", [{}])[0].get("code") for e in bundle["entry"]
     }
-    assert codes == {"9385/3", "C38144"}
+    assert codes == {"9385/3", "C38144"}  # no radiotherapy Procedure
     condition = next(
         e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Condition"
     )

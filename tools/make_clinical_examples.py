@@ -28,18 +28,21 @@ HEADER = [
     "lansky",
     "rt_dose_gy",
     "rt_fractions",
+    "rt_start_date",
     "notes",
 ]
 NOTE = "SYNTHETIC EXAMPLE - not a real patient"
 ROWS = [
     ["DIPG-101", "Moreau", "Élodie", date(2015, 6, 2), "F", date(2022, 3, 14), "biopsy",
-     "DMG H3 K27M", "mutated", 80, 54, 30, NOTE],
+     "DMG H3 K27M", "mutated", 80, 54, 30, date(2022, 4, 4), NOTE],
     ["DIPG-102", "Kowalczyk", "Jakub", date(2016, 11, 23), "M", date(2023, 1, 9), "radiological",
-     "radiological DIPG", "not tested", 70, 39, 13, NOTE],
+     "radiological DIPG", "not tested", 70, 39, 13, date(2023, 1, 30), NOTE],
     ["DIPG-103", "Van den Berg", "Sanne", "17/04/2017", "F", date(2023, 8, 30), "biopsy",
-     "diffuse astrocytoma", "wild type", 90, 54, 30, NOTE + " (birth date typed as text)"],
+     "diffuse astrocytoma", "wild type", 90, 54, 30, date(2023, 9, 18),
+     NOTE + " (birth date typed as text)"],
     ["DIPG-104", "Romano", "Luca", date(2014, 2, 8), "M", date(2021, 10, 5), "biopsy",
-     "DMG H3 K27M", "K27M", 120, 54, 30, "SYNTHETIC EXAMPLE - deliberately bad: Lansky 120"],
+     "DMG H3 K27M", "K27M", 120, 54, 30, date(2021, 10, 25),
+     "SYNTHETIC EXAMPLE - deliberately bad: Lansky 120"],
 ]  # fmt: skip
 
 
@@ -50,7 +53,7 @@ def main() -> None:
     sheet.append(HEADER)
     for row in ROWS:
         sheet.append(row)
-    for cell in (*sheet["D"][1:], *sheet["F"][1:]):
+    for cell in (*sheet["D"][1:], *sheet["F"][1:], *sheet["M"][1:]):
         if isinstance(cell.value, date):
             cell.number_format = "DD/MM/YYYY"
     book.properties.creator = "primage tools/make_clinical_examples.py (synthetic example)"

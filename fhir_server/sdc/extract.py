@@ -15,6 +15,10 @@ QuestionnaireResponse becomes a transaction Bundle of the resources its answers 
   FHIRPath `expression` over the response) are set first. A canonical that is a profile, not
   a core definition, is claimed in `meta.profile`; the `fullUrl` sub-extension of
   definitionExtract gives the entry's fullUrl.
+  Paths are element ids as a profile writes them: `performed[x].start` (the choice type that
+  has the child), `extension:totalDose.url` and `extension:totalDose.value[x]` (one list item
+  per slice name, its `url` a fixed value on the group); a decimal or integer answer with a
+  `questionnaire-unit` fills a Quantity with that unit.
 - Profiles of observation-based items (a local convention, in the spirit of the above): an
   item whose `definition` is `<profile canonical>#Observation.value[x]` makes its
   Observations claim that profile in `meta.profile`, and the item's own
@@ -139,7 +143,13 @@ class _Values:
             raise InvalidRequest(f"{where}: the expression does not evaluate") from None
         return found[0] if found else None
 
-    def apply(self, node: dict[str, Any], resource: dict[str, Any], canonical: str) -> None:
+    def apply(
+        self,
+        node: dict[str, Any],
+        resource: dict[str, Any],
+        canonical: str,
+        slices: Slices | None = None,
+    ) -> None:
         """The definitionExtractValue extensions of `node` (paths into `canonical`)."""
         for ext in node.get("extension") or []:
             if ext.get("url") != DEFINITION_VALUE:
@@ -149,13 +159,14 @@ class _Values:
                 continue
             fixed = _sub(ext, "fixed-value")
             if fixed is not None:
-                set_path(resource, path, ("fixed:" + fixed[0].removeprefix("value"), fixed[1]))
+                fixed_answer = ("fixed:" + fixed[0].removeprefix("value"), fixed[1])
+                set_path(resource, path, fixed_answer, slices)
                 continue
             expression = sub_value(ext, "expression")
             if expression is not None:
                 value = self.evaluate(expression, f"definitionExtractValue on {node.get('linkId')}")
                 if value is not None:
-                    set_path(resource, path, ("fixed:String", value))
+                    set_path(resource, path, ("fixed:String", value), slices)
 
 
 def _sub(ext: dict[str, Any], name: str) -> tuple[str, Any] | None:
@@ -264,9 +275,8 @@ def _observation(
         obs["derivedFrom"] = [{"reference": response_ref}]
     key, value = value_of(answer) or ("", None)
     unit = (extension(item, UNIT) or {}).get("valueCoding")
-    if key in ("valueDecimal", "valueInteger") and unit is not None:
-        quantity = {"value": value, "unit": unit.get("display") or unit.get("code")}
-        obs["valueQuantity"] = quantity | {k: unit[k] for k in ("system", "code") if k in unit}
+    if key in _NUMBERS and unit is not None:
+        obs["valueQuantity"] = _quantity(value, unit)
     elif key == "valueDecimal":
         obs["valueQuantity"] = {"value": value}
     elif key == "valueCoding":
@@ -282,6 +292,15 @@ def _observation(
     else:
         obs[key] = value
     return obs
+
+
+_NUMBERS = ("valueDecimal", "valueInteger")
+
+
+def _quantity(value: Any, unit: dict[str, Any]) -> dict[str, Any]:
+    """A number answer with the item's questionnaire-unit as a (UCUM) Quantity."""
+    quantity = {"value": value, "unit": unit.get("display") or unit.get("code")}
+    return quantity | {k: unit[k] for k in ("system", "code") if k in unit}
 
 
 # --- definition-based ---------------------------------------------------------------------
@@ -319,15 +338,19 @@ def _definition_based(
     if not canonical.startswith(CORE_DEFINITION):
         resource["meta"] = {"profile": [canonical]}
     answered = False
-    values.apply(group, resource, canonical)
+    slices: Slices = {}
+    values.apply(group, resource, canonical, slices)
     for item, _ in walk(group.get("item") or []):
         path = _path(item.get("definition"), canonical)
         if path is None or not form.enabled(item):
             continue
+        unit = (extension(item, UNIT) or {}).get("valueCoding")
         for answer in form.answers.get(item["linkId"], []):
             found = value_of(answer)
+            if found is not None and unit is not None and found[0] in _NUMBERS:
+                found = ("valueQuantity", _quantity(found[1], unit))
             if found is not None:
-                set_path(resource, path, found)
+                set_path(resource, path, found, slices)
                 answered = True
     if not answered:
         return None
@@ -372,40 +395,79 @@ _CHOICE = {
 }
 
 
-def set_path(resource: dict[str, Any], path: list[str], answer: tuple[str, Any]) -> None:
+Slices = dict[tuple[int, str], dict[str, Any]]  # (id of the list, slice name) -> its item
+
+
+def set_path(
+    resource: dict[str, Any],
+    path: list[str],
+    answer: tuple[str, Any],
+    slices: Slices | None = None,
+) -> None:
     """Set resource.<path> from an answer (value[x] key, value), creating the elements on
-    the way (the first of a list); the last element is appended to when it is a list."""
+    the way (the first of a list); the last element is appended to when it is a list.
+
+    Path parts are element names or ids as a profile writes them: `name[x]` takes the type
+    the answer fits (before a child: the type that has that child, so `performed[x].start`
+    is performedPeriod.start), `name:slice` is one item of a list per slice name, shared by
+    the paths that name it in `slices` (`extension:totalDose.url` and
+    `extension:totalDose.value[x]` fill one extension)."""
     node, type_ = resource, resource["resourceType"]
-    for i, name in enumerate(path):
+    slices = {} if slices is None else slices
+    for i, part in enumerate(path):
         fields = _model_fields(type_)
+        name, _, slice_name = part.partition(":")
+        last = i == len(path) - 1
         if name.endswith("[x]"):
             stem = name[:-3]
-            fixed = answer[0].partition("fixed:")[2]
-            options = (fixed,) if fixed else _CHOICE.get(answer[0], ())
-            name = next((stem + o for o in options if stem + o in fields), "")
+            if last:
+                fixed = answer[0].partition("fixed:")[2]
+                options = (fixed,) if fixed else _CHOICE.get(answer[0], ())
+                name = next((stem + o for o in options if stem + o in fields), "")
+            else:
+                child = path[i + 1].partition(":")[0]
+                name = next((f for f in fields if _choice_of(fields, f, stem, child)), "")
         if name not in fields:
             raise InvalidRequest(f"{type_}.{path[i][:64]} is not an element the form can set")
         annotation = str(fields[name].annotation)
         is_list = "List[" in annotation
         found = re.search(r"abc\.(\w+)Type", annotation)
         element_type = found.group(1) if found else None
-        if i == len(path) - 1:
+        if last and not slice_name:
             value = _convert(answer, element_type)
             if is_list:
                 node.setdefault(name, []).append(value)
             else:
                 node[name] = value
             return
-        if element_type is None:
-            raise InvalidRequest(f"{type_}.{name} has no elements")
+        if element_type is None or (slice_name and not is_list):
+            raise InvalidRequest(f"{type_}.{path[i][:64]} has no elements the form can set")
         if is_list:
             children = node.setdefault(name, [])
-            if not children:
-                children.append({})
-            node = children[0]
+            if slice_name:
+                child_node = slices.get((id(children), slice_name))
+                if child_node is None:
+                    child_node = slices[(id(children), slice_name)] = {}
+                    children.append(child_node)
+            else:
+                if not children:
+                    children.append({})
+                child_node = children[0]
+            node = child_node
         else:
             node = node.setdefault(name, {})
         type_ = element_type
+        if last:  # a whole slice (`extension:totalDose`) set from a fixed value
+            node.update(answer[1] if isinstance(answer[1], dict) else {})
+            return
+
+
+def _choice_of(fields: dict[str, Any], field: str, stem: str, child: str) -> bool:
+    """`field` is a type of the choice `stem`[x] whose type has the element `child`."""
+    if not field.startswith(stem) or not field[len(stem) : len(stem) + 1].isupper():
+        return False
+    found = re.search(r"abc\.(\w+)Type", str(fields[field].annotation))
+    return found is not None and child in _model_fields(found.group(1))
 
 
 def _convert(answer: tuple[str, Any], element_type: str | None) -> Any:

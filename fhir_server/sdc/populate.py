@@ -6,9 +6,11 @@ QuestionnaireResponse for a patient, pre-filled from what the platform already h
   lastUpdated), converted to the item's answer type; a coded answer must be one of the
   item's answerOptions or in its answerValueSet. The group's Observation.effectiveDateTime
   item takes that Observation's effective date.
-- A definition-based group (Condition) takes the patient's latest Condition whose code fits
-  the group's code item (answerOption or answerValueSet), and each item reads the element
-  its `definition` names.
+- A definition-based group (a Condition, a Procedure) takes the patient's latest resource
+  of its type whose code fits the group's code item (answerOption or answerValueSet) or
+  the group's fixed `code` (definitionExtractValue), and each item reads the element its
+  `definition` names; a slice (`extension:totalDose`) is the list item with the group's
+  fixed values for it (its `url`).
 - A question with neither (a gate such as "Was radiotherapy given?") takes the answer that
   enables an item that was pre-filled, when that enableWhen is `=`.
 
@@ -25,7 +27,7 @@ from typing import Any
 from ..instant import format_instant
 from ..terminology.index import Terminology
 from .extract import _definition_target, _path
-from .forms import EFFECTIVE, fits, walk
+from .forms import DEFINITION_VALUE, EFFECTIVE, fits, sub_value, value_of, walk
 
 Finder = Callable[[str, list[tuple[str, str]]], list[dict[str, Any]]]
 
@@ -111,15 +113,16 @@ class _Filler:
         ]
         if not items:
             return
+        fixed = _fixed(group, canonical)
         found = self.find(type_, [("subject", self.patient)])
         for resource in sorted(found, key=_when, reverse=True):
             filled: dict[str, list[dict[str, Any]]] = {}
-            fits = True
+            fits = _has_codes(resource.get("code"), fixed.get(("code",)))
             for item, path in items:
                 answer = next(
                     (
                         a
-                        for v in _read(resource, path)
+                        for v in _read(resource, path, fixed)
                         if (a := _answer(item, v)) is not None and self._allowed(item, a)
                     ),
                     None,
@@ -149,10 +152,34 @@ class _Filler:
         return coding is None or fits(item, coding, self.t, self.site)
 
 
+def _fixed(group: dict[str, Any], canonical: str) -> dict[tuple[str, ...], Any]:
+    """The group's definitionExtractValue fixed values by path."""
+    out: dict[tuple[str, ...], Any] = {}
+    for ext in group.get("extension") or []:
+        if ext.get("url") != DEFINITION_VALUE:
+            continue
+        path = _path(sub_value(ext, "definition"), canonical)
+        fixed = next((s for s in ext.get("extension") or [] if s.get("url") == "fixed-value"), None)
+        found = value_of(fixed) if fixed is not None else None
+        if path and found is not None:
+            out[tuple(path)] = found[1]
+    return out
+
+
+def _has_codes(stored: Any, fixed: Any) -> bool:
+    """A stored CodeableConcept has one of the fixed one's codings (no fixed one: any fits)."""
+    if not isinstance(fixed, dict):
+        return True
+    have = {(c.get("system"), c.get("code")) for c in (stored or {}).get("coding") or []}
+    return any((c.get("system"), c.get("code")) in have for c in fixed.get("coding") or [fixed])
+
+
 def _when(resource: dict[str, Any]) -> tuple[str, str]:
     when = (
         resource.get("effectiveDateTime")
         or (resource.get("effectivePeriod") or {}).get("start")
+        or (resource.get("performedPeriod") or {}).get("start")
+        or resource.get("performedDateTime")
         or resource.get("onsetDateTime")
         or resource.get("recordedDate")
         or ""
@@ -174,10 +201,15 @@ def _observation_answer(item: dict[str, Any], obs: dict[str, Any]) -> dict[str, 
     return None
 
 
-def _read(resource: Any, path: list[str]) -> list[Any]:
-    """The values at `path` (a `[x]` name matches any of its types), lists flattened."""
+def _read(
+    resource: Any, path: list[str], fixed: dict[tuple[str, ...], Any] | None = None
+) -> list[Any]:
+    """The values at `path` (a `[x]` name matches any of its types), lists flattened; a
+    `name:slice` part keeps the items that have the `fixed` values of that slice's children
+    (`extension:totalDose.url`)."""
     nodes = [resource]
-    for name in path:
+    for i, part in enumerate(path):
+        name, _, slice_name = part.partition(":")
         found: list[Any] = []
         for node in nodes:
             if not isinstance(node, dict):
@@ -188,6 +220,14 @@ def _read(resource: Any, path: list[str]) -> list[Any]:
                 found.extend(
                     value if isinstance(value, list) else [value] if value is not None else []
                 )
+        if slice_name:
+            prefix = tuple(path[: i + 1])
+            wanted = {k[-1]: v for k, v in (fixed or {}).items() if k[:-1] == prefix}
+            found = [
+                f
+                for f in found
+                if isinstance(f, dict) and all(f.get(k) == v for k, v in wanted.items())
+            ]
         nodes = found
     return nodes
 

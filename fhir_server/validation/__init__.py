@@ -34,6 +34,7 @@ class Profiles:
     def __init__(self, terminology: TerminologyStore, store: ProfileStore | None = None) -> None:
         self.terminology = terminology
         self.store = store or ProfileStore()
+        self._supported: tuple[dict[str, Profile] | None, dict[str, list[str]]] = (None, {})
 
     def check(
         self, repo: Repository, resource: dict[str, Any], urls: list[str], *, strict: bool
@@ -57,6 +58,17 @@ class Profiles:
                 continue
             issues += validator.validate(resource, profile)
         return issues
+
+    def supported(self, repo: Repository) -> dict[str, list[str]]:
+        """The canonical URLs of the stored profiles (derivation constraint) by the type they
+        constrain: the CapabilityStatement's `supportedProfile`."""
+        known = self.store.get(repo.conn)
+        if known is not self._supported[0]:  # grouped again only when the store changed
+            grouped: dict[str, set[str]] = {}
+            for profile in known.values():
+                grouped.setdefault(profile.type, set()).add(profile.url)
+            self._supported = (known, {t: sorted(urls) for t, urls in grouped.items()})
+        return self._supported[1]
 
     def check_write(self, repo: Repository, resource: dict[str, Any]) -> None:
         """Refuse (422) a resource that fails a profile it claims and this server knows.
