@@ -5,7 +5,7 @@ profiles, over the same resources in the same run (target: profiles cost <= 2x).
 
 In process, no HTTP or database: the shipped terminology and profiles are indexed as the
 server indexes them, and each round validates the valid examples of `profiles/examples/`
-(one per profile, 8 resources). Bindings are memoised per validator, as in the server,
+(28 resources, every profile at least once). Bindings are memoised per validator, as in the server,
 where a validator lives for one request; here each resource gets a fresh one, the server's
 worst case. Prints resources/s of both and their ratio.
 """
