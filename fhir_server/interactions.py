@@ -375,7 +375,8 @@ class Interactions:
             assert stored.content is not None
             instance = jsonio.loads(stored.content)
         body = req.body if req.method == "POST" else None
-        call = Call(r.type, r.operation, Inputs(req.params, body), instance, repo.site, req.base)
+        inputs = Inputs(req.params, body)
+        call = Call(r.type, r.operation, inputs, instance, repo.site, req.base, req.access)
         return Response(200, handler(repo, call))
 
     # --- search and history ---------------------------------------------------------------

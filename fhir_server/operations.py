@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .access import Access
 from .errors import InvalidRequest
 from .repository import Repository
 
@@ -27,6 +28,9 @@ class Call:
     instance: dict[str, Any] | None  # the resource of /{type}/{id}/$name
     site: str | None  # the caller's site (None: platform or researcher)
     base: str  # the FHIR base URL the request came to
+    # what the caller may do (None: no authorisation): an operation that reads resources of
+    # other types than its own checks the caller's scopes on them, as _include does
+    access: Access | None = None
 
 
 Handler = Callable[[Repository, Call], dict[str, Any]]
@@ -69,7 +73,10 @@ class Inputs:
             return
         if not isinstance(body, dict) or kind != "Parameters":
             raise InvalidRequest("An operation's body must be a Parameters resource")
-        for p in body.get("parameter") or []:
+        given = body.get("parameter") or []
+        if not isinstance(given, list):
+            raise InvalidRequest("Parameters.parameter must be a list", ("Parameters.parameter",))
+        for p in given:
             name = p.get("name") if isinstance(p, dict) else None
             if not isinstance(name, str):
                 raise InvalidRequest("Every Parameters.parameter needs a name", ("Parameters",))

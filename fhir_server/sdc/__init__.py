@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import access, models
 from ..errors import InvalidRequest
 from ..operations import Call, Handler
 from ..repository import Repository
@@ -46,7 +47,7 @@ def handlers(
                     "The QuestionnaireResponse names no questionnaire",
                     ("QuestionnaireResponse.questionnaire",),
                 )
-            questionnaire = forms.questionnaire(repo, registry, call.base, canonical)
+            questionnaire = forms.questionnaire(repo, registry, call.base, canonical, call.access)
         t = terminology.get(repo.conn)
         return extract(
             questionnaire, response, reference, lambda i, c: forms.fits(i, c, t, call.site)
@@ -65,9 +66,11 @@ def handlers(
                 None,
             )
             if given is not None:
-                questionnaire = given
+                questionnaire = models.validate(given, "Questionnaire")
             elif canonical:
-                questionnaire = forms.questionnaire(repo, registry, call.base, canonical)
+                questionnaire = forms.questionnaire(
+                    repo, registry, call.base, canonical, call.access
+                )
             else:
                 raise InvalidRequest(
                     "$populate needs a questionnaire (or an instance)", ("questionnaire",)
@@ -75,7 +78,7 @@ def handlers(
         patient = _patient(repo, call)
 
         def find(type_: str, params: list[tuple[str, str]]) -> list[dict[str, Any]]:
-            return forms.find(repo, registry, call.base, type_, params)
+            return forms.find(repo, registry, call.base, type_, params, call.access)
 
         response = populate(questionnaire, patient, find, terminology.get(repo.conn), call.site)
         return {
@@ -113,5 +116,6 @@ def _patient(repo: Repository, call: Call) -> str:
     id_ = reference.removeprefix("Patient/")
     if "/" in id_ or not id_:
         raise InvalidRequest("The subject must be Patient/{id}", ("subject",))
+    access.check(call.access, "read", ["Patient"])
     repo.read("Patient", id_)  # NotFound / Gone
     return f"Patient/{id_}"

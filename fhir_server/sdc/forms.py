@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from .. import jsonio
+from .. import access, jsonio
+from ..access import Access
 from ..errors import InvalidRequest, NotFound
 from ..repository import Repository
 from ..search.compiler import SearchCompiler
@@ -70,24 +71,30 @@ def value_of(element: dict[str, Any]) -> tuple[str, Any] | None:
 
 
 def find(
-    repo: Repository, registry: Registry, base: str, type_: str, params: list[tuple[str, str]]
+    repo: Repository,
+    registry: Registry,
+    base: str,
+    type_: str,
+    params: list[tuple[str, str]],
+    grant: Access | None = None,
 ) -> list[dict[str, Any]]:
     """The current resources of a type matching FHIR search `params` (as the caller's site
-    sees them)."""
-    compiler = SearchCompiler(registry, base, repo.site)
+    sees them); the caller needs search scope on the type (`grant`), as for a search."""
+    access.check(grant, "search-type", [type_])
+    compiler = SearchCompiler(registry, base, repo.site, grant)
     criteria = compiler.compile(type_, params, strict=True, default_count=1, max_count=1)
     hits = repo.search_ids(type_, criteria.where, None, _SEARCH_LIMIT)
     return [jsonio.loads(stored.content) for _, stored in hits if stored.content is not None]
 
 
 def questionnaire(
-    repo: Repository, registry: Registry, base: str, canonical: str
+    repo: Repository, registry: Registry, base: str, canonical: str, grant: Access | None = None
 ) -> dict[str, Any]:
     """The stored Questionnaire a canonical (`url` or `url|version`) names; the newest
     version by lastUpdated if several share the url."""
     url, _, version = canonical.partition("|")
     params = [("url", url)] + ([("version", version)] if version else [])
-    found = find(repo, registry, base, "Questionnaire", params)
+    found = find(repo, registry, base, "Questionnaire", params, grant)
     if not found:
         raise NotFound(f"No Questionnaire {canonical[:200]} is stored")
     return max(found, key=lambda q: (q.get("meta") or {}).get("lastUpdated") or "")

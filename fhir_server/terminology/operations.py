@@ -19,6 +19,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from .. import models
 from ..errors import InvalidRequest, NotFound
 from ..instant import format_instant
 from ..operations import Call, Handler, Inputs
@@ -171,7 +172,7 @@ class Operations:
         if inline is not None:
             if inline.get("resourceType") != "ValueSet":
                 raise InvalidRequest("Parameter valueSet must be a ValueSet", ("valueSet",))
-            return inline
+            return models.validate(inline, "ValueSet")  # a malformed compose is a 400
         url = inputs.text("url")
         if not url:
             raise InvalidRequest("Give url (or valueSet, or call the operation on an instance)")

@@ -21,7 +21,7 @@ from ..operations import Call, Handler
 from ..repository import Repository
 from ..terminology import TerminologyStore
 from .profile import Profile, compile_profile
-from .store import ProfileStore
+from .store import Known, ProfileStore
 from .validator import Validator
 
 __all__ = ["Profile", "ProfileStore", "Profiles", "Validator", "compile_profile"]
@@ -34,14 +34,14 @@ class Profiles:
     def __init__(self, terminology: TerminologyStore, store: ProfileStore | None = None) -> None:
         self.terminology = terminology
         self.store = store or ProfileStore()
-        self._supported: tuple[dict[str, Profile] | None, dict[str, list[str]]] = (None, {})
+        self._supported: tuple[Known | None, dict[str, list[str]]] = (None, {})
 
     def check(
         self, repo: Repository, resource: dict[str, Any], urls: list[str], *, strict: bool
     ) -> list[Issue]:
         """Issues of `resource` against each of `urls`; `strict`: an unknown profile is an
         error ($validate's `profile` parameter), else a warning (meta.profile)."""
-        known = self.store.get(repo.conn)
+        known = self.store.get(repo.conn).visible(repo.site)
         validator = Validator(known.get, self.terminology.get(repo.conn), repo.site)
         issues: list[Issue] = []
         for url in dict.fromkeys(urls):
@@ -60,12 +60,13 @@ class Profiles:
         return issues
 
     def supported(self, repo: Repository) -> dict[str, list[str]]:
-        """The canonical URLs of the stored profiles (derivation constraint) by the type they
-        constrain: the CapabilityStatement's `supportedProfile`."""
+        """The canonical URLs of the platform's stored profiles (derivation constraint) by
+        the type they constrain: the CapabilityStatement's `supportedProfile`. /metadata is
+        served without a token, so a site's own profiles are never listed there."""
         known = self.store.get(repo.conn)
         if known is not self._supported[0]:  # grouped again only when the store changed
             grouped: dict[str, set[str]] = {}
-            for profile in known.values():
+            for profile in known.platform.values():
                 grouped.setdefault(profile.type, set()).add(profile.url)
             self._supported = (known, {t: sorted(urls) for t, urls in grouped.items()})
         return self._supported[1]
@@ -76,7 +77,7 @@ class Profiles:
         claimed = _claimed(resource)
         if not claimed:
             return
-        known = self.store.get(repo.conn)
+        known = self.store.get(repo.conn).visible(repo.site)
         urls = [u for u in claimed if u in known]
         if not urls:
             return
