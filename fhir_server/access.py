@@ -69,3 +69,9 @@ def check(access: Access | None, interaction: str, types: list[str] | None) -> N
     for type_ in types or ["*"]:
         if not all(access.allows(type_, letter) for letter in letters):
             raise Forbidden(f"The token's scopes do not allow {interaction} on {type_}")
+
+
+def may_see(caller: str | None, owner: str | None) -> bool:
+    """Site isolation in one rule: a caller without a site sees everything, a site sees
+    its own data and the platform's (owner None)."""
+    return caller is None or owner is None or owner == caller

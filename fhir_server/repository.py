@@ -33,7 +33,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from . import jsonio
-from .access import Forbidden
+from .access import Forbidden, may_see
 from .bulk import insert_all
 from .errors import Conflict, Gone, InvalidRequest, NotFound, PreconditionFailed
 from .indexing import Indexer
@@ -171,7 +171,7 @@ class Repository:
         return [or_(res.c.site == self.site, res.c.site.is_(None))]
 
     def _may_see(self, site: str | None) -> bool:
-        return self.site is None or site is None or site == self.site
+        return may_see(self.site, site)
 
     # --- reads -----------------------------------------------------------------------------
 

@@ -110,6 +110,23 @@ def gateway_platform(
             app.state.database.engine.dispose()
 
 
+def platform_env(app: FastAPI, tmp: Path) -> dict[str, str]:
+    """The environment of a CLI command that works inside `app` (gateway_platform's app),
+    e.g. `primage import ... --site S`, with its import ledger under `tmp`."""
+    settings = app.state.settings
+    return {
+        "PRIMAGE_DATA_DIR": str(settings.data_dir),
+        "PRIMAGE_DATABASE_URL": settings.database(),
+        "PRIMAGE_LINKAGE_DATABASE_URL": settings.linkage_database(),
+        "PRIMAGE_GATEWAY_KEY": settings.gateway_key.get_secret_value(),
+        "PRIMAGE_LINKAGE_SECRET": settings.linkage_secret.get_secret_value(),
+        "PRIMAGE_SECRET_KEY": settings.secret().decode(),
+        "PRIMAGE_GATEWAY_ENABLED": "true",
+        "PRIMAGE_IDENTIFIED_DATA_GUARD": "true",
+        "PRIMAGE_IMPORT_DATABASE_URL": f"sqlite:///{tmp / 'imports.db'}",
+    }
+
+
 @pytest.fixture(scope="session")
 def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     db.upgrade(database_url)

@@ -29,7 +29,7 @@ from primage import db
 from primage.cli import main
 from primage.settings import Settings
 from tests import dicom_data as data
-from tests.conftest import gateway_platform, serving
+from tests.conftest import gateway_platform, platform_env, serving
 
 SYSTEM = "https://primage.eu/fhir/NamingSystem/research-pseudonym"
 
@@ -118,6 +118,19 @@ def assert_previewed_not_sent(
         assert text not in output
     assert sent_now == sent_before
     assert not (tmp / "edge" / "imports.db").exists()
+
+
+def linked_pseudonym(base: str, headers: dict[str, str], study_uid: str) -> str:
+    """The research pseudonym of the Patient that the study's ImagingStudy names."""
+    linked = httpx.get(
+        f"{base}/fhir/ImagingStudy",
+        params={"identifier": f"urn:dicom:uid|urn:oid:{study_uid}"},
+        headers=headers,
+    ).json()
+    assert linked["total"] == 1
+    subject = linked["entry"][0]["resource"]["subject"]["reference"]
+    patient = httpx.get(f"{base}/fhir/{subject}", headers=headers).json()
+    return str(patient["identifier"][0]["value"])
 
 
 def _platform_instances(app: FastAPI) -> int:
@@ -290,18 +303,7 @@ def test_an_import_inside_the_platform_shows_its_progress_as_a_task(
     """`--site`: this platform's own archive, as the site's client, through the gateway."""
     tree = _source_tree(tmp_path / "source", "MRN-IMP-6")
     before = _platform_instances(platform)
-    settings = platform.state.settings
-    env = {
-        "PRIMAGE_DATA_DIR": str(settings.data_dir),
-        "PRIMAGE_DATABASE_URL": settings.database(),
-        "PRIMAGE_LINKAGE_DATABASE_URL": settings.linkage_database(),
-        "PRIMAGE_GATEWAY_KEY": settings.gateway_key.get_secret_value(),
-        "PRIMAGE_LINKAGE_SECRET": settings.linkage_secret.get_secret_value(),
-        "PRIMAGE_SECRET_KEY": "test-secret-not-for-production",
-        "PRIMAGE_GATEWAY_ENABLED": "true",
-        "PRIMAGE_IDENTIFIED_DATA_GUARD": "true",
-        "PRIMAGE_IMPORT_DATABASE_URL": f"sqlite:///{tmp_path / 'imports.db'}",
-    }
+    env = platform_env(platform, tmp_path)
     args = ["import", "folder", str(tmp_path / "source"), "--site", "IMPORT-HOSPITAL"]
     result = CliRunner().invoke(main, args, env=env, catch_exceptions=False)
     assert result.exit_code == 0, result.output

@@ -25,7 +25,7 @@ from fhir_server.terminology import load
 from primage import db, imports
 from primage.cli import main
 from primage.settings import Settings
-from tests.conftest import gateway_platform, serving
+from tests.conftest import gateway_platform, platform_env, serving
 
 PSEUDONYM = "https://primage.eu/fhir/NamingSystem/research-pseudonym"
 ICDO3 = "http://terminology.hl7.org/CodeSystem/icd-o-3"
@@ -183,18 +183,7 @@ def test_dipg_xlsx_inside_the_platform(
 ) -> None:
     """`--site`: this platform's FHIR service, as the site's client, through the gateway."""
     before = _patients(base, researcher)
-    settings = platform.state.settings
-    env = {
-        "PRIMAGE_DATA_DIR": str(settings.data_dir),
-        "PRIMAGE_DATABASE_URL": settings.database(),
-        "PRIMAGE_LINKAGE_DATABASE_URL": settings.linkage_database(),
-        "PRIMAGE_GATEWAY_KEY": settings.gateway_key.get_secret_value(),
-        "PRIMAGE_LINKAGE_SECRET": settings.linkage_secret.get_secret_value(),
-        "PRIMAGE_SECRET_KEY": "test-secret-not-for-production",
-        "PRIMAGE_GATEWAY_ENABLED": "true",
-        "PRIMAGE_IDENTIFIED_DATA_GUARD": "true",
-        "PRIMAGE_IMPORT_DATABASE_URL": f"sqlite:///{tmp_path / 'imports.db'}",
-    }
+    env = platform_env(platform, tmp_path)
     report = tmp_path / "dipg.json"
     args = ["import", "clinical", str(DIPG_XLSX), "--mapping", str(DIPG_MAP), "--site", SITE]
     result = CliRunner().invoke(main, [*args, "--report", str(report)], env=env)

@@ -37,6 +37,7 @@ from tests.test_import import (  # the platform fixtures, reused
     base,
     edge_ledger,
     hospital,
+    linked_pseudonym,
     platform,
     researcher,
     run_until_killed,
@@ -170,15 +171,7 @@ def test_import_by_patient_stores_exactly_those_patients_pseudonymised(
     assert sorted(list(new.values()).count(p) for p in set(new.values())) == [1, 2]
     for uid, pseudonym in new.items():
         assert pseudonym.startswith("PRM-")
-        linked = httpx.get(
-            f"{base}/fhir/ImagingStudy",
-            params={"identifier": f"urn:dicom:uid|urn:oid:{uid}"},
-            headers=researcher,
-        ).json()
-        assert linked["total"] == 1
-        subject = linked["entry"][0]["resource"]["subject"]["reference"]
-        patient = httpx.get(f"{base}/fhir/{subject}", headers=researcher).json()
-        assert patient["identifier"][0]["value"] == pseudonym
+        assert linked_pseudonym(base, researcher, uid) == pseudonym
 
 
 def test_the_same_import_again_stores_nothing_twice(

@@ -42,6 +42,7 @@ researcher = test_import.researcher
 _import = test_import._import
 _platform_instances = test_import._platform_instances
 edge_ledger = test_import.edge_ledger
+linked_pseudonym = test_import.linked_pseudonym
 run_until_killed = test_import.run_until_killed
 
 PACS_AE, IMPORTER_AE, SCP_AE, LOADER_AE = "TESTPACS", "PRIMAGE", "PRIMAGESCP", "LOADER"
@@ -247,15 +248,7 @@ def test_import_by_patient_list_stores_those_patients_pseudonymised(
         pseudonym = study["00100020"]["Value"][0]
         assert pseudonym.startswith("PRM-")
         by_pseudonym.setdefault(pseudonym, set()).add(study["00201208"]["Value"][0])
-        linked = httpx.get(
-            f"{base}/fhir/ImagingStudy",
-            params={"identifier": f"urn:dicom:uid|urn:oid:{uid}"},
-            headers=researcher,
-        ).json()
-        assert linked["total"] == 1
-        subject = linked["entry"][0]["resource"]["subject"]["reference"]
-        patient = httpx.get(f"{base}/fhir/{subject}", headers=researcher).json()
-        assert patient["identifier"][0]["value"] == pseudonym
+        assert linked_pseudonym(base, researcher, uid) == pseudonym
     # 31 instances in each study of MRN-PACS-1, 32 in those of MRN-PACS-2
     assert sorted(map(sorted, by_pseudonym.values())) == [[31], [32]]
     stored = _stored_text(platform)

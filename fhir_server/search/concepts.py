@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Table, and_, false, or_
 
+from ..access import may_see
 from ..errors import InvalidRequest, NotFound
 from .values import split_escaped
 
@@ -87,7 +88,7 @@ def _in_value_set(
 def _by_id(terms: Terminology, id_: str, site: str | None) -> dict[str, Any]:
     for candidates in terms.value_sets.values():
         for c in candidates:
-            if c.resource.get("id") == id_ and (site is None or c.site in (None, site)):
+            if c.resource.get("id") == id_ and may_see(site, c.site):
                 return c.resource
     raise NotFound(f"Value set ValueSet/{id_[:64]} is not known to this server")
 

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..access import may_see
 from ..errors import InvalidRequest, NotFound
 
 # R4B ConceptMapEquivalence, and what each means read from target back to source
@@ -335,7 +336,7 @@ class Terminology:
 
     @staticmethod
     def _pick(candidates: list[Any], version: str | None, site: str | None) -> Any:
-        visible = [c for c in candidates if site is None or c.site in (None, site)]
+        visible = [c for c in candidates if may_see(site, c.site)]
         if version is not None:
             visible = [c for c in visible if c.version == version]
         if not visible:
@@ -519,8 +520,7 @@ class Terminology:
                 m.resource
                 for versions in self.concept_maps.values()
                 for m in versions
-                if (site is None or m.site in (None, site))
-                and _scope_matches(m.resource, source, target, reverse)
+                if may_see(site, m.site) and _scope_matches(m.resource, source, target, reverse)
             ]
         matches: list[Match] = []
         for cmap in maps:

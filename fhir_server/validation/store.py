@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from ..access import may_see
 from ..derived import Derived
 from ..errors import FhirError
 from .profile import Profile, compile_profile
@@ -44,7 +45,7 @@ class Known:
         the same mapping on every call while the store is unchanged."""
         view = self._views.get(site)
         if view is None:
-            seen = [p for p in self._parts if site is None or p.site in (None, site)]
+            seen = [p for p in self._parts if may_see(site, p.site)]
             view = self._views.setdefault(site, _by_url(seen))
         return view
 
